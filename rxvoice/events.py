@@ -1,0 +1,176 @@
+"""The values that rxvoice's observables emit.
+
+All are frozen, slotted dataclasses: cheap to create on the hot path, safe to
+share between subscribers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "RTP_HEADER_SIZE",
+    "AudioFrame",
+    "AudioGap",
+    "ClientConnect",
+    "ClientDisconnect",
+    "ConnectionState",
+    "DaveEpochTransition",
+    "Diagnostic",
+    "Disconnected",
+    "SpeakingEvent",
+    "SpeakingFlags",
+]
+
+RTP_HEADER_SIZE = 12
+
+
+class SpeakingFlags(enum.IntFlag):
+    """Speaking flags of op 5 (Microphone 1, Soundshare 2, Priority 4)."""
+
+    NONE = 0
+    MICROPHONE = 1
+    SOUNDSHARE = 2
+    PRIORITY = 4
+
+
+class ConnectionState(enum.Enum):
+    """Where a :class:`rxvoice.Connection` is in its life."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    IDENTIFYING = "identifying"
+    DISCOVERING = "discovering"
+    SELECTING_PROTOCOL = "selecting_protocol"
+    READY = "ready"
+    RESUMING = "resuming"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """One received audio packet with every encryption layer removed.
+
+    Attributes:
+        user_id: The sending user, or ``None`` when the SSRC is not mapped yet.
+        ssrc: The RTP synchronisation source of the sender.
+        frame: The decrypted RTP packet: a 12-byte RTP header (no CSRCs, no
+            extension) followed by the Opus payload. Never ciphertext.
+        received_at: When the packet arrived, in the receiving scheduler's
+            time base (seconds).
+    """
+
+    user_id: str | None
+    ssrc: int
+    frame: bytes = field(repr=False)
+    received_at: float = 0.0
+
+    @property
+    def sequence(self) -> int:
+        """The RTP sequence number (16-bit)."""
+        return int.from_bytes(self.frame[2:4], "big")
+
+    @property
+    def timestamp(self) -> int:
+        """The RTP timestamp (32-bit, 48 kHz units)."""
+        return int.from_bytes(self.frame[4:8], "big")
+
+    @property
+    def opus(self) -> bytes:
+        """The Opus payload (after the 12-byte header)."""
+        return self.frame[RTP_HEADER_SIZE:]
+
+
+@dataclass(frozen=True, slots=True)
+class AudioGap:
+    """Packets that a jitter buffer gave up waiting for.
+
+    Attributes:
+        user_id: The sending user, or ``None`` when unknown.
+        ssrc: The RTP synchronisation source.
+        sequence: The first missing sequence number.
+        count: How many consecutive packets are missing.
+        timestamp: The expected RTP timestamp of the first missing packet.
+    """
+
+    user_id: str | None
+    ssrc: int
+    sequence: int
+    count: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeakingEvent:
+    """A user's speaking state changed (voice gateway op 5)."""
+
+    user_id: str
+    ssrc: int
+    flags: SpeakingFlags
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConnect:
+    """A user joined the voice channel (op 11, one event per user)."""
+
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientDisconnect:
+    """A user left the voice channel (op 13)."""
+
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The voice WebSocket closed.
+
+    Attributes:
+        code: The close code, or ``None`` when the connection dropped without one.
+        will_reconnect: Whether rxvoice will resume or reconnect by itself.
+        reason: A human-readable explanation of the code and the policy.
+    """
+
+    code: int | None
+    will_reconnect: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DaveEpochTransition:
+    """The DAVE group moved to a new epoch or protocol version.
+
+    Attributes:
+        epoch: The MLS epoch now in use (0 when DAVE is off).
+        protocol_version: The DAVE protocol version (0 = transport encryption only).
+        transition_id: The gateway's transition id (0 = immediate).
+        members: User ids in the MLS group after the transition.
+        privacy_code: The voice privacy code users can compare, when known.
+    """
+
+    epoch: int
+    protocol_version: int
+    transition_id: int
+    members: tuple[str, ...] = ()
+    privacy_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """A problem the connection survived (counted, logged, then carried on).
+
+    Attributes:
+        kind: A short stable identifier, e.g. ``"malformed_packet"``.
+        detail: A human-readable description (never contains secrets).
+        ssrc: The SSRC concerned, when there is one.
+        user_id: The user concerned, when known.
+    """
+
+    kind: str
+    detail: str
+    ssrc: int | None = None
+    user_id: str | None = None
