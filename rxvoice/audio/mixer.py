@@ -1,0 +1,321 @@
+"""Mixing several voice streams into one, aligned on RTP timestamps.
+
+:func:`mix_blocks` sums equally shaped int16 blocks with saturation: the sum is
+exact (float32 up to 512 sources, int32 beyond) and clipped to [-32768, 32767],
+so loud overlaps distort instead of wrapping around.
+
+:class:`Mixer` adds time alignment: each source pushes decoded 20 ms blocks
+with their RTP timestamps, and :meth:`Mixer.mix` produces one mixed block per
+20 ms *tick*, with silence for the sources that have nothing for that tick.
+
+Alignment model:
+    The mixer counts ticks; :attr:`Mixer.tick` is the next one :meth:`Mixer.mix`
+    produces. A source is *anchored* when its first block arrives: that block
+    plays in the tick being filled (``mixer.tick``), and a later block with
+    timestamp ``ts`` plays ``round(ts_diff(ts, anchor_ts) / timestamp_step)``
+    ticks after it, so packet timing inside a talk spurt is kept. A source is
+    re-anchored the same way (right after its queued audio) when a block would
+    land in an already mixed tick while nothing of it is queued (a new talk
+    spurt: senders such as discord.js do not advance the timestamp while
+    silent), or more than ``max_ahead`` ticks ahead (a timestamp jump). A block
+    landing in the past while the source still has queued audio, or on a tick
+    it already filled, is dropped and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from rxvoice.errors import UsageError
+from rxvoice.protocol.seq import ts_diff
+
+__all__ = ["Mixer", "MixerStats", "mix_blocks"]
+
+K = TypeVar("K", bound=Hashable)
+PcmArray = npt.NDArray[np.int16]
+
+_INT16_MIN = -32768
+_INT16_MAX = 32767
+_DEFAULT_SHAPE = (960, 2)
+# float32 holds every integer up to 2**24 exactly: 512 full-scale int16 blocks.
+_EXACT_FLOAT32_BLOCKS = 512
+
+
+def mix_blocks(blocks: Sequence[PcmArray], *, shape: tuple[int, ...] = _DEFAULT_SHAPE) -> PcmArray:
+    """Sum int16 PCM blocks with saturation.
+
+    Args:
+        blocks: Equally shaped int16 arrays, e.g. ``(960, 2)`` each.
+        shape: The shape of the silent result when ``blocks`` is empty.
+
+    Returns:
+        A new int16 array: the element-wise sum, clipped to [-32768, 32767].
+
+    Raises:
+        UsageError: If the blocks differ in shape or are not int16.
+
+    Example:
+        >>> import numpy as np
+        >>> loud = np.full((2, 1), 30000, np.int16)
+        >>> mix_blocks([loud, loud])[:, 0].tolist()
+        [32767, 32767]
+    """
+    if not blocks:
+        return np.zeros(shape, np.int16)
+    first = blocks[0]
+    kinds = {(b.shape, b.dtype) for b in blocks}
+    if len(kinds) != 1 or first.dtype != np.int16:
+        raise UsageError(f"blocks must all be int16 of one shape, got {sorted(map(str, kinds))}")
+    if len(blocks) == 1:
+        return first.copy()
+    return _sum(blocks, first.shape)
+
+
+def _sum(blocks: Sequence[PcmArray], shape: tuple[int, ...]) -> PcmArray:
+    """Saturating sum of validated blocks (same shape, int16)."""
+    try:
+        # One join of the raw buffers is much cheaper than np.stack, which
+        # costs a Python-level reshape per block.
+        stacked = np.frombuffer(b"".join(cast("Sequence[Any]", blocks)), np.int16).reshape(
+            len(blocks), -1
+        )
+    except (BufferError, TypeError, ValueError):  # non-contiguous blocks
+        stacked = np.stack(blocks).reshape(len(blocks), -1)
+    if len(blocks) <= _EXACT_FLOAT32_BLOCKS:
+        # A float32 matrix-vector product (BLAS) is about 25% faster than an
+        # int32 reduction, and exact: every partial sum is an integer below 2**24.
+        ones = np.ones(len(blocks), np.float32)
+        summed: npt.NDArray[np.float32] = ones @ stacked.astype(np.float32)
+        np.clip(summed, _INT16_MIN, _INT16_MAX, out=summed)
+        return summed.astype(np.int16).reshape(shape)
+    total: npt.NDArray[np.int32] = stacked.sum(axis=0, dtype=np.int32)
+    np.clip(total, _INT16_MIN, _INT16_MAX, out=total)
+    return total.astype(np.int16).reshape(shape)
+
+
+@dataclass(slots=True)
+class MixerStats:
+    """Counters of a :class:`Mixer`.
+
+    Attributes:
+        ticks: Blocks produced by :meth:`Mixer.mix`.
+        blocks: 20 ms blocks accepted from sources.
+        late: Blocks dropped because their tick was already mixed.
+        duplicates: Blocks dropped because their source already filled that tick.
+        reanchors: Times a source was (re-)anchored, including its first block.
+    """
+
+    ticks: int = 0
+    blocks: int = 0
+    late: int = 0
+    duplicates: int = 0
+    reanchors: int = 0
+
+
+@dataclass(slots=True)
+class _Source:
+    anchor_tick: int
+    anchor_ts: int
+    queue: dict[int, PcmArray] = field(default_factory=dict)
+
+
+class Mixer(Generic[K]):
+    """Aligns per-source PCM blocks on RTP timestamps and mixes them per tick.
+
+    Not thread-safe; sans-I/O: the caller decides when a tick is due (e.g. a
+    20 ms timer, or "every source delivered").
+
+    Args:
+        frame_samples: Samples per channel in one tick (960: 20 ms at 48 kHz).
+        channels: Channels per block.
+        timestamp_step: RTP timestamp units per tick (960 for 20 ms Opus).
+        max_ahead: How many ticks ahead of :attr:`tick` a block may be queued
+            before its source is re-anchored; bounds memory per source.
+
+    Raises:
+        UsageError: If an argument is out of range.
+
+    Example:
+        >>> import numpy as np
+        >>> mixer: Mixer[int] = Mixer()
+        >>> one = np.ones((960, 2), np.int16)
+        >>> mixer.add(1, one, timestamp=5000)  # anchored: plays in tick 0
+        0
+        >>> mixer.add(1, one, timestamp=5000 + 2 * 960)  # two ticks later
+        2
+        >>> mixer.add(2, one * 3, timestamp=123)
+        0
+        >>> [int(mixer.mix()[0, 0]) for _ in range(3)]  # tick 1: silence fill
+        [4, 0, 1]
+    """
+
+    __slots__ = (
+        "_channels",
+        "_frame_samples",
+        "_max_ahead",
+        "_sources",
+        "_tick",
+        "_timestamp_step",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        *,
+        frame_samples: int = 960,
+        channels: int = 2,
+        timestamp_step: int = 960,
+        max_ahead: int = 50,
+    ) -> None:
+        if frame_samples < 1 or channels < 1 or timestamp_step < 1 or max_ahead < 0:
+            raise UsageError(
+                "frame_samples, channels and timestamp_step must be >= 1, max_ahead >= 0"
+            )
+        self._frame_samples = frame_samples
+        self._channels = channels
+        self._timestamp_step = timestamp_step
+        self._max_ahead = max_ahead
+        self._sources: dict[K, _Source] = {}
+        self._tick = 0
+        self.stats = MixerStats()
+
+    @property
+    def tick(self) -> int:
+        """The index of the tick the next :meth:`mix` produces."""
+        return self._tick
+
+    @property
+    def sources(self) -> frozenset[K]:
+        """The sources the mixer knows (anchored, possibly silent now)."""
+        return frozenset(self._sources)
+
+    def queued(self, source: K) -> int:
+        """Return how many ticks of audio ``source`` has queued (0 if unknown)."""
+        state = self._sources.get(source)
+        return len(state.queue) if state else 0
+
+    def add(
+        self,
+        source: K,
+        pcm: PcmArray,
+        *,
+        timestamp: int | None = None,
+        tick: int | None = None,
+    ) -> int | None:
+        """Queue a decoded block of ``source``.
+
+        Args:
+            source: Who it came from (an SSRC or a user id).
+            pcm: int16 samples shaped ``(samples, channels)``. Longer blocks
+                (e.g. 40 ms packets) fill consecutive ticks; a partial last
+                tick is padded with silence.
+            timestamp: The block's RTP timestamp, aligned as the module
+                docstring describes.
+            tick: Place the block at this tick index directly instead (no
+                timestamp alignment). Give exactly one of ``timestamp`` and ``tick``.
+
+        Returns:
+            The tick its first frame will play in, or ``None`` if it was
+            dropped (late or duplicate).
+
+        Raises:
+            UsageError: If ``pcm`` is not int16 of the right channel count, or
+                not exactly one of ``timestamp`` and ``tick`` is given.
+        """
+        if (timestamp is None) == (tick is None):
+            raise UsageError("give exactly one of timestamp= and tick=")
+        ch = self._channels
+        if pcm.dtype != np.int16 or pcm.ndim != 2 or pcm.shape[1] != ch or pcm.shape[0] == 0:
+            raise UsageError(
+                f"pcm must be int16 shaped (samples, {ch}), got {pcm.dtype} {pcm.shape}"
+            )
+        state = self._sources.get(source)
+        if tick is not None:
+            if state is None:
+                state = self._sources[source] = _Source(tick, 0)
+            target = tick
+            if target < self._tick:
+                self.stats.late += 1
+                return None
+        else:
+            assert timestamp is not None
+            if state is None:
+                self.stats.reanchors += 1
+                state = self._sources[source] = _Source(self._tick, timestamp)
+            target = self._place(state, timestamp)
+            if target < self._tick:
+                if state.queue:
+                    self.stats.late += 1
+                    return None
+                self._reanchor(state, timestamp)
+                target = state.anchor_tick
+            elif target > self._tick + self._max_ahead:
+                self._reanchor(state, timestamp)
+                target = state.anchor_tick
+        if target in state.queue:
+            self.stats.duplicates += 1
+            return None
+        self._enqueue(state, target, pcm)
+        return target
+
+    def mix(self) -> PcmArray:
+        """Produce the mixed block of the current tick and move to the next.
+
+        Returns:
+            A new int16 array shaped ``(frame_samples, channels)``: the
+            saturating sum of every source's block for this tick (silence if
+            none has one).
+        """
+        tick = self._tick
+        self._tick = tick + 1
+        self.stats.ticks += 1
+        blocks = [b for s in self._sources.values() if (b := s.queue.pop(tick, None)) is not None]
+        shape = (self._frame_samples, self._channels)
+        if not blocks:
+            return np.zeros(shape, np.int16)
+        if len(blocks) == 1:
+            return blocks[0]  # a private copy made by add()
+        return _sum(blocks, shape)
+
+    def remove(self, source: K) -> None:
+        """Forget ``source`` and drop its queued audio (e.g. the user left)."""
+        self._sources.pop(source, None)
+
+    def clear(self) -> None:
+        """Forget every source; the tick counter keeps counting."""
+        self._sources.clear()
+
+    # -- internals ---------------------------------------------------------
+
+    def _reanchor(self, state: _Source, timestamp: int) -> None:
+        self.stats.reanchors += 1
+        state.anchor_tick = max(self._tick, max(state.queue, default=self._tick - 1) + 1)
+        state.anchor_ts = timestamp
+
+    def _place(self, state: _Source, timestamp: int) -> int:
+        step = self._timestamp_step
+        return state.anchor_tick + (ts_diff(timestamp, state.anchor_ts) + step // 2) // step
+
+    def _enqueue(self, state: _Source, tick: int, pcm: PcmArray) -> None:
+        n = self._frame_samples
+        total = pcm.shape[0]
+        if total == n:  # the usual case: one 20 ms frame
+            # A private contiguous copy: the caller may reuse its array.
+            state.queue[tick] = pcm.copy()
+            self.stats.blocks += 1
+            return
+        for offset in range(0, total, n):
+            frame = pcm[offset : offset + n]
+            if frame.shape[0] < n:  # a partial last tick: pad with silence
+                padded = np.zeros((n, self._channels), np.int16)
+                padded[: frame.shape[0]] = frame
+                frame = padded
+            else:
+                frame = frame.copy()
+            state.queue.setdefault(tick + offset // n, frame)
+            self.stats.blocks += 1

@@ -1,0 +1,1173 @@
+"""Voice gateway v8 messages (ops 0-31): typed values, JSON text frames and binary frames.
+
+The voice WebSocket carries two kinds of frames (protocol.md §1.2, §5.5):
+
+- **text** frames hold JSON ``{"op": <int>, "d": <payload>, "seq"?: <int>}``; the
+  server adds the top-level ``seq`` to messages it may have to re-send;
+- **binary** frames carry only the DAVE MLS opcodes 25-30. Server to client:
+  ``seq u16 BE | op u8 | payload``; client to server: ``op u8 | payload``.
+
+Each message is a frozen dataclass with an ``op`` class variable. :func:`parse`
+(or :func:`parse_text` / :func:`parse_binary`) turns a frame into an
+:class:`Envelope` holding the message and its ``seq``; :func:`serialize` turns a
+message back into a frame. Opcodes this module does not know become
+:class:`UnknownMessage`, since a client must ignore server opcodes it does not know.
+
+Parsers raise only :class:`~rxvoice.errors.MalformedMessage` on bad input and
+validate every field they return (integer ranges, snowflake strings, a 32-byte
+key), so later layers can trust the values. :func:`serialize` validates the
+same way and raises :class:`~rxvoice.errors.UsageError`. No error message
+contains a field's value, so tokens and keys never leak into logs.
+
+Example:
+    >>> serialize(Heartbeat(nonce=1501184119561, seq_ack=10))
+    '{"op":3,"d":{"t":1501184119561,"seq_ack":10}}'
+    >>> parse('{"op":6,"d":{"t":1501184119561}}', from_server=True)
+    Envelope(message=HeartbeatAck(nonce=1501184119561), seq=None)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import ClassVar, NoReturn, TypeAlias, cast
+
+from rxvoice.errors import MalformedMessage, RxVoiceError, UsageError
+
+__all__ = [
+    "MAX_FRAME_SIZE",
+    "Opcode",
+    "ProposalsOperation",
+    "Identify",
+    "SelectProtocol",
+    "Ready",
+    "Heartbeat",
+    "SessionDescription",
+    "Speaking",
+    "HeartbeatAck",
+    "Resume",
+    "Hello",
+    "Resumed",
+    "ClientsConnect",
+    "ClientDisconnect",
+    "ClientFlags",
+    "ClientPlatform",
+    "DavePrepareTransition",
+    "DaveExecuteTransition",
+    "DaveTransitionReady",
+    "DavePrepareEpoch",
+    "DaveMlsExternalSender",
+    "DaveMlsKeyPackage",
+    "DaveMlsProposals",
+    "DaveMlsCommitWelcome",
+    "DaveMlsAnnounceCommitTransition",
+    "DaveMlsWelcome",
+    "DaveMlsInvalidCommitWelcome",
+    "UnknownMessage",
+    "GatewayMessage",
+    "Envelope",
+    "BINARY_OPCODES",
+    "JSON_OPCODES",
+    "is_binary",
+    "parse",
+    "parse_text",
+    "parse_binary",
+    "serialize",
+]
+
+#: Frames longer than this (bytes, or characters for ``str``) are refused. Real
+#: messages are far smaller (a large MLS Welcome is tens of KiB); the cap bounds
+#: the memory a hostile frame can make the JSON decoder allocate.
+MAX_FRAME_SIZE = 4 * 1024 * 1024
+
+# No field needs more digits than a u64 (20); the cap keeps int()/float() on
+# number literals cheap whatever sys.set_int_max_str_digits says.
+_MAX_NUMBER_CHARS = 100
+
+_U8 = 0xFF
+_U16 = 0xFFFF
+_U32 = 0xFFFF_FFFF
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+_SECRET_KEY_SIZE = 32
+
+
+class Opcode(enum.IntEnum):
+    """Voice gateway opcodes (protocol.md §1.3, §5.2)."""
+
+    IDENTIFY = 0
+    SELECT_PROTOCOL = 1
+    READY = 2
+    HEARTBEAT = 3
+    SESSION_DESCRIPTION = 4
+    SPEAKING = 5
+    HEARTBEAT_ACK = 6
+    RESUME = 7
+    HELLO = 8
+    RESUMED = 9
+    CLIENTS_CONNECT = 11
+    CLIENT_DISCONNECT = 13
+    CLIENT_FLAGS = 18
+    CLIENT_PLATFORM = 20
+    DAVE_PREPARE_TRANSITION = 21
+    DAVE_EXECUTE_TRANSITION = 22
+    DAVE_TRANSITION_READY = 23
+    DAVE_PREPARE_EPOCH = 24
+    DAVE_MLS_EXTERNAL_SENDER = 25
+    DAVE_MLS_KEY_PACKAGE = 26
+    DAVE_MLS_PROPOSALS = 27
+    DAVE_MLS_COMMIT_WELCOME = 28
+    DAVE_MLS_ANNOUNCE_COMMIT_TRANSITION = 29
+    DAVE_MLS_WELCOME = 30
+    DAVE_MLS_INVALID_COMMIT_WELCOME = 31
+
+
+class ProposalsOperation(enum.IntEnum):
+    """The operation byte that starts an op 27 (MLS proposals) payload."""
+
+    APPEND = 0
+    REVOKE = 1
+
+
+# -- field validation ------------------------------------------------------------------
+# Each check names the field but never shows its value (it may be a token or key).
+
+
+def _fail(what: str, exc: type[RxVoiceError]) -> NoReturn:
+    raise exc(what)
+
+
+def _check_int(
+    value: object, what: str, lo: int, hi: int, exc: type[RxVoiceError] = MalformedMessage
+) -> int:
+    # bool is an int subclass, but true/false is never a valid number here.
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        _fail(f"{what} must be an integer in {lo}..{hi}", exc)
+    return value
+
+
+def _check_bytes(value: object, what: str) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        _fail(f"{what} must be bytes", UsageError)
+    return bytes(value)
+
+
+def _check_array(value: object, what: str) -> list[object]:
+    # list() would happily split a str into characters, so insist on a sequence.
+    if not isinstance(value, list | tuple):
+        _fail(f"{what} must be a tuple or list", UsageError)
+    return list(value)
+
+
+def _object(d: object, cls: type) -> dict[str, object]:
+    if not isinstance(d, dict):
+        _fail(f"{cls.__name__}: d must be a JSON object", MalformedMessage)
+    return d
+
+
+def _get(d: dict[str, object], key: str, cls: type) -> object:
+    if key not in d:
+        _fail(f"{cls.__name__}.{key} is missing", MalformedMessage)
+    return d[key]
+
+
+def _int(d: dict[str, object], key: str, cls: type, lo: int, hi: int) -> int:
+    return _check_int(_get(d, key, cls), f"{cls.__name__}.{key}", lo, hi)
+
+
+def _opt_int(d: dict[str, object], key: str, cls: type, lo: int, hi: int) -> int | None:
+    value = d.get(key)
+    return None if value is None else _check_int(value, f"{cls.__name__}.{key}", lo, hi)
+
+
+def _str(d: dict[str, object], key: str, cls: type) -> str:
+    value = _get(d, key, cls)
+    if not isinstance(value, str):
+        _fail(f"{cls.__name__}.{key} must be a string", MalformedMessage)
+    return value
+
+
+def _check_snowflake(value: object, what: str) -> str:
+    # Discord sends snowflakes as decimal strings of a u64; checking here means
+    # later int() conversions (DAVE needs the numeric user id) cannot fail.
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= 20
+        or not (value.isascii() and value.isdigit())
+        or int(value) > _U64
+    ):
+        _fail(f"{what} must be a snowflake (a decimal u64 string)", MalformedMessage)
+    return value
+
+
+def _snowflake(d: dict[str, object], key: str, cls: type) -> str:
+    return _check_snowflake(_get(d, key, cls), f"{cls.__name__}.{key}")
+
+
+def _opt_snowflake(d: dict[str, object], key: str, cls: type) -> str | None:
+    value = d.get(key)
+    return None if value is None else _check_snowflake(value, f"{cls.__name__}.{key}")
+
+
+def _check_number(value: object, what: str, *, positive: bool) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if math.isfinite(number) and (number > 0 if positive else number >= 0):
+            return number
+    bound = "> 0" if positive else ">= 0"
+    _fail(f"{what} must be a finite number {bound}", MalformedMessage)
+
+
+def _list(d: dict[str, object], key: str, cls: type) -> list[object]:
+    value = _get(d, key, cls)
+    if not isinstance(value, list):
+        _fail(f"{cls.__name__}.{key} must be an array", MalformedMessage)
+    return value
+
+
+# -- message bases -----------------------------------------------------------------------
+
+
+class _JsonMessage:
+    """A message sent as a JSON text frame; subclasses map themselves to and from ``d``."""
+
+    __slots__ = ()
+    op: ClassVar[Opcode]
+
+    def _to_d(self) -> object:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_d(cls, d: object) -> _JsonMessage:
+        """Build the message from the frame's ``d``; raise MalformedMessage if invalid."""
+        raise NotImplementedError
+
+
+class _BinaryMessage:
+    """A DAVE message sent as a binary frame; subclasses map themselves to a payload."""
+
+    __slots__ = ()
+    op: ClassVar[Opcode]
+
+    def _to_payload(self) -> bytes:
+        """Return the bytes after the opcode; raise UsageError if a field is invalid."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_payload(cls, payload: bytes) -> _BinaryMessage:
+        """Build the message from the bytes after the opcode; raise MalformedMessage."""
+        raise NotImplementedError
+
+
+# -- JSON messages -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identify(_JsonMessage):
+    """Op 0 (C→S): open a new session.
+
+    Attributes:
+        server_id: The guild id (or channel id for DMs).
+        user_id: The bot's user id.
+        session_id: From the main gateway's VOICE_STATE_UPDATE.
+        token: From VOICE_SERVER_UPDATE; never shown in the repr.
+        max_dave_protocol_version: Highest DAVE version supported; 0 means none.
+    """
+
+    op: ClassVar[Opcode] = Opcode.IDENTIFY
+    server_id: str
+    user_id: str
+    session_id: str
+    token: str = field(repr=False)
+    max_dave_protocol_version: int = 0
+
+    def _to_d(self) -> object:
+        return {
+            "server_id": self.server_id,
+            "user_id": self.user_id,
+            "session_id": self.session_id,
+            "token": self.token,
+            "max_dave_protocol_version": self.max_dave_protocol_version,
+        }
+
+    @classmethod
+    def _from_d(cls, d: object) -> Identify:
+        o = _object(d, cls)
+        return cls(
+            server_id=_snowflake(o, "server_id", cls),
+            user_id=_snowflake(o, "user_id", cls),
+            session_id=_str(o, "session_id", cls),
+            token=_str(o, "token", cls),
+            max_dave_protocol_version=_opt_int(o, "max_dave_protocol_version", cls, 0, _U16) or 0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SelectProtocol(_JsonMessage):
+    """Op 1 (C→S): the address found by IP discovery and the chosen encryption mode."""
+
+    op: ClassVar[Opcode] = Opcode.SELECT_PROTOCOL
+    address: str
+    port: int
+    mode: str
+    protocol: str = "udp"
+
+    def _to_d(self) -> object:
+        return {
+            "protocol": self.protocol,
+            "data": {"address": self.address, "port": self.port, "mode": self.mode},
+        }
+
+    @classmethod
+    def _from_d(cls, d: object) -> SelectProtocol:
+        o = _object(d, cls)
+        protocol = _str(o, "protocol", cls)
+        data = _get(o, "data", cls)
+        if not isinstance(data, dict):
+            _fail("SelectProtocol.data must be a JSON object", MalformedMessage)
+        return cls(
+            address=_str(data, "address", cls),
+            port=_int(data, "port", cls, 0, _U16),
+            mode=_str(data, "mode", cls),
+            protocol=protocol,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(_JsonMessage):
+    """Op 2 (S→C): our SSRC, the UDP endpoint and the offered encryption modes.
+
+    ``heartbeat_interval`` here is bogus (protocol.md §1.3); use :class:`Hello`'s.
+    Extra keys such as ``experiments`` and ``streams`` are ignored.
+    """
+
+    op: ClassVar[Opcode] = Opcode.READY
+    ssrc: int
+    ip: str
+    port: int
+    modes: tuple[str, ...]
+    heartbeat_interval: float | None = None
+
+    def _to_d(self) -> object:
+        d: dict[str, object] = {
+            "ssrc": self.ssrc,
+            "ip": self.ip,
+            "port": self.port,
+            "modes": _check_array(self.modes, "Ready.modes"),
+        }
+        if self.heartbeat_interval is not None:
+            d["heartbeat_interval"] = self.heartbeat_interval
+        return d
+
+    @classmethod
+    def _from_d(cls, d: object) -> Ready:
+        o = _object(d, cls)
+        modes = _list(o, "modes", cls)
+        if not all(isinstance(mode, str) for mode in modes):
+            _fail("Ready.modes must be an array of strings", MalformedMessage)
+        interval = o.get("heartbeat_interval")
+        return cls(
+            ssrc=_int(o, "ssrc", cls, 0, _U32),
+            ip=_str(o, "ip", cls),
+            port=_int(o, "port", cls, 0, _U16),
+            modes=tuple(str(mode) for mode in modes),
+            heartbeat_interval=None
+            if interval is None
+            else _check_number(interval, "Ready.heartbeat_interval", positive=False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(_JsonMessage):
+    """Op 3 (C→S): keep the session alive.
+
+    v8 sends ``{"t": nonce, "seq_ack": n}``; before v8 ``d`` was the bare nonce,
+    which :func:`parse` still accepts.
+
+    Attributes:
+        nonce: Any integer (clients use the time in ms); the ACK echoes it.
+        seq_ack: The last ``seq`` received (-1 or ``None`` if none yet).
+    """
+
+    op: ClassVar[Opcode] = Opcode.HEARTBEAT
+    nonce: int
+    seq_ack: int | None = None
+
+    def _to_d(self) -> object:
+        d: dict[str, object] = {"t": self.nonce}
+        if self.seq_ack is not None:
+            d["seq_ack"] = self.seq_ack
+        return d
+
+    @classmethod
+    def _from_d(cls, d: object) -> Heartbeat:
+        if isinstance(d, int) and not isinstance(d, bool):
+            return cls(nonce=_check_int(d, "Heartbeat.d", 0, _U64))
+        o = _object(d, cls)
+        return cls(nonce=_int(o, "t", cls, 0, _U64), seq_ack=_opt_int(o, "seq_ack", cls, -1, _U64))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDescription(_JsonMessage):
+    """Op 4 (S→C): the transport encryption mode and key, and the DAVE version.
+
+    Attributes:
+        mode: The encryption mode, e.g. ``aead_aes256_gcm_rtpsize``.
+        secret_key: 32 bytes; never shown in the repr.
+        dave_protocol_version: The starting DAVE version; 0 = transport-only.
+    """
+
+    op: ClassVar[Opcode] = Opcode.SESSION_DESCRIPTION
+    mode: str
+    secret_key: bytes = field(repr=False)
+    dave_protocol_version: int = 0
+
+    def _to_d(self) -> object:
+        return {
+            "mode": self.mode,
+            "secret_key": list(_check_bytes(self.secret_key, "SessionDescription.secret_key")),
+            "dave_protocol_version": self.dave_protocol_version,
+        }
+
+    @classmethod
+    def _from_d(cls, d: object) -> SessionDescription:
+        o = _object(d, cls)
+        key = _get(o, "secret_key", cls)
+        if (
+            not isinstance(key, list)
+            or len(key) != _SECRET_KEY_SIZE
+            or not all(
+                isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= _U8 for b in key
+            )
+        ):
+            _fail(
+                "SessionDescription.secret_key must be an array of 32 integers in 0..255",
+                MalformedMessage,
+            )
+        return cls(
+            mode=_str(o, "mode", cls),
+            secret_key=bytes(key),
+            dave_protocol_version=_opt_int(o, "dave_protocol_version", cls, 0, _U16) or 0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Speaking(_JsonMessage):
+    """Op 5 (both ways): speaking flags for an SSRC.
+
+    The client sends ``{speaking, delay, ssrc}``; the server sends
+    ``{speaking, ssrc, user_id}``, the only way to map an SSRC to a user.
+    Flags: 1 microphone, 2 soundshare, 4 priority.
+    """
+
+    op: ClassVar[Opcode] = Opcode.SPEAKING
+    speaking: int
+    ssrc: int
+    user_id: str | None = None
+    delay: int | None = None
+
+    def _to_d(self) -> object:
+        d: dict[str, object] = {"speaking": self.speaking, "ssrc": self.ssrc}
+        if self.user_id is not None:
+            d["user_id"] = self.user_id
+        if self.delay is not None:
+            d["delay"] = self.delay
+        return d
+
+    @classmethod
+    def _from_d(cls, d: object) -> Speaking:
+        o = _object(d, cls)
+        return cls(
+            speaking=_int(o, "speaking", cls, 0, _U32),
+            ssrc=_int(o, "ssrc", cls, 0, _U32),
+            user_id=_opt_snowflake(o, "user_id", cls),
+            delay=_opt_int(o, "delay", cls, 0, _U32),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck(_JsonMessage):
+    """Op 6 (S→C): ``{"t": nonce}`` echoing a heartbeat (a bare int before v8)."""
+
+    op: ClassVar[Opcode] = Opcode.HEARTBEAT_ACK
+    nonce: int
+
+    def _to_d(self) -> object:
+        return {"t": self.nonce}
+
+    @classmethod
+    def _from_d(cls, d: object) -> HeartbeatAck:
+        if isinstance(d, int) and not isinstance(d, bool):
+            return cls(nonce=_check_int(d, "HeartbeatAck.d", 0, _U64))
+        return cls(nonce=_int(_object(d, cls), "t", cls, 0, _U64))
+
+
+@dataclass(frozen=True, slots=True)
+class Resume(_JsonMessage):
+    """Op 7 (C→S): resume a session on a new WebSocket (token not in the repr)."""
+
+    op: ClassVar[Opcode] = Opcode.RESUME
+    server_id: str
+    session_id: str
+    token: str = field(repr=False)
+    seq_ack: int | None = None
+
+    def _to_d(self) -> object:
+        d: dict[str, object] = {
+            "server_id": self.server_id,
+            "session_id": self.session_id,
+            "token": self.token,
+        }
+        if self.seq_ack is not None:
+            d["seq_ack"] = self.seq_ack
+        return d
+
+    @classmethod
+    def _from_d(cls, d: object) -> Resume:
+        o = _object(d, cls)
+        return cls(
+            server_id=_snowflake(o, "server_id", cls),
+            session_id=_str(o, "session_id", cls),
+            token=_str(o, "token", cls),
+            seq_ack=_opt_int(o, "seq_ack", cls, -1, _U64),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(_JsonMessage):
+    """Op 8 (S→C): the heartbeat interval in milliseconds and the gateway version ``v``."""
+
+    op: ClassVar[Opcode] = Opcode.HELLO
+    heartbeat_interval: float
+    version: int | None = None
+
+    def _to_d(self) -> object:
+        d: dict[str, object] = {"heartbeat_interval": self.heartbeat_interval}
+        if self.version is not None:
+            d["v"] = self.version
+        return d
+
+    @classmethod
+    def _from_d(cls, d: object) -> Hello:
+        o = _object(d, cls)
+        interval = _get(o, "heartbeat_interval", cls)
+        return cls(
+            # Zero would make the heartbeat loop spin, so it is refused too.
+            heartbeat_interval=_check_number(interval, "Hello.heartbeat_interval", positive=True),
+            version=_opt_int(o, "v", cls, 0, _U32),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed(_JsonMessage):
+    """Op 9 (S→C): the resume succeeded; buffered messages follow. ``d`` is null."""
+
+    op: ClassVar[Opcode] = Opcode.RESUMED
+
+    def _to_d(self) -> object:
+        return None
+
+    @classmethod
+    def _from_d(cls, d: object) -> Resumed:
+        return cls()  # d carries nothing; whatever it holds is ignored
+
+
+@dataclass(frozen=True, slots=True)
+class ClientsConnect(_JsonMessage):
+    """Op 11 (S→C): users in the call; DAVE accepts Add proposals only for them."""
+
+    op: ClassVar[Opcode] = Opcode.CLIENTS_CONNECT
+    user_ids: tuple[str, ...]
+
+    def _to_d(self) -> object:
+        return {"user_ids": _check_array(self.user_ids, "ClientsConnect.user_ids")}
+
+    @classmethod
+    def _from_d(cls, d: object) -> ClientsConnect:
+        ids = _list(_object(d, cls), "user_ids", cls)
+        return cls(user_ids=tuple(_check_snowflake(i, "ClientsConnect.user_ids[]") for i in ids))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientDisconnect(_JsonMessage):
+    """Op 13 (S→C): a user left the call."""
+
+    op: ClassVar[Opcode] = Opcode.CLIENT_DISCONNECT
+    user_id: str
+
+    def _to_d(self) -> object:
+        return {"user_id": self.user_id}
+
+    @classmethod
+    def _from_d(cls, d: object) -> ClientDisconnect:
+        return cls(user_id=_snowflake(_object(d, cls), "user_id", cls))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFlags(_JsonMessage):
+    """Op 18 (S→C, unofficial): a user's flags (1 clips, 2 recording, 4 viewer clips)."""
+
+    op: ClassVar[Opcode] = Opcode.CLIENT_FLAGS
+    user_id: str
+    flags: int
+
+    def _to_d(self) -> object:
+        return {"user_id": self.user_id, "flags": self.flags}
+
+    @classmethod
+    def _from_d(cls, d: object) -> ClientFlags:
+        o = _object(d, cls)
+        return cls(user_id=_snowflake(o, "user_id", cls), flags=_int(o, "flags", cls, 0, _U32))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPlatform(_JsonMessage):
+    """Op 20 (S→C, unofficial): a user's platform (0 desktop, 1 mobile, 2 Xbox, 3 PS)."""
+
+    op: ClassVar[Opcode] = Opcode.CLIENT_PLATFORM
+    user_id: str
+    platform: int
+
+    def _to_d(self) -> object:
+        return {"user_id": self.user_id, "platform": self.platform}
+
+    @classmethod
+    def _from_d(cls, d: object) -> ClientPlatform:
+        o = _object(d, cls)
+        return cls(
+            user_id=_snowflake(o, "user_id", cls), platform=_int(o, "platform", cls, 0, _U32)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DavePrepareTransition(_JsonMessage):
+    """Op 21 (S→C): a protocol transition (e.g. a downgrade to 0) is coming."""
+
+    op: ClassVar[Opcode] = Opcode.DAVE_PREPARE_TRANSITION
+    protocol_version: int
+    transition_id: int
+
+    def _to_d(self) -> object:
+        return {"protocol_version": self.protocol_version, "transition_id": self.transition_id}
+
+    @classmethod
+    def _from_d(cls, d: object) -> DavePrepareTransition:
+        o = _object(d, cls)
+        return cls(
+            protocol_version=_int(o, "protocol_version", cls, 0, _U16),
+            transition_id=_int(o, "transition_id", cls, 0, _U16),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DaveExecuteTransition(_JsonMessage):
+    """Op 22 (S→C): switch to the prepared transition now."""
+
+    op: ClassVar[Opcode] = Opcode.DAVE_EXECUTE_TRANSITION
+    transition_id: int
+
+    def _to_d(self) -> object:
+        return {"transition_id": self.transition_id}
+
+    @classmethod
+    def _from_d(cls, d: object) -> DaveExecuteTransition:
+        return cls(transition_id=_int(_object(d, cls), "transition_id", cls, 0, _U16))
+
+
+@dataclass(frozen=True, slots=True)
+class DaveTransitionReady(_JsonMessage):
+    """Op 23 (C→S): this client is ready for the transition."""
+
+    op: ClassVar[Opcode] = Opcode.DAVE_TRANSITION_READY
+    transition_id: int
+
+    def _to_d(self) -> object:
+        return {"transition_id": self.transition_id}
+
+    @classmethod
+    def _from_d(cls, d: object) -> DaveTransitionReady:
+        return cls(transition_id=_int(_object(d, cls), "transition_id", cls, 0, _U16))
+
+
+@dataclass(frozen=True, slots=True)
+class DavePrepareEpoch(_JsonMessage):
+    """Op 24 (S→C): a new MLS epoch (``epoch == 1`` means a new group).
+
+    ``transition_id`` is in the API prose but not in the whitepaper example
+    (protocol.md §8.3), so it is optional.
+    """
+
+    op: ClassVar[Opcode] = Opcode.DAVE_PREPARE_EPOCH
+    protocol_version: int
+    epoch: int
+    transition_id: int | None = None
+
+    def _to_d(self) -> object:
+        d: dict[str, object] = {"protocol_version": self.protocol_version, "epoch": self.epoch}
+        if self.transition_id is not None:
+            d["transition_id"] = self.transition_id
+        return d
+
+    @classmethod
+    def _from_d(cls, d: object) -> DavePrepareEpoch:
+        o = _object(d, cls)
+        return cls(
+            protocol_version=_int(o, "protocol_version", cls, 0, _U16),
+            epoch=_int(o, "epoch", cls, 0, _U64),
+            transition_id=_opt_int(o, "transition_id", cls, 0, _U16),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DaveMlsInvalidCommitWelcome(_JsonMessage):
+    """Op 31 (C→S): the commit or welcome of this transition could not be processed."""
+
+    op: ClassVar[Opcode] = Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME
+    transition_id: int
+
+    def _to_d(self) -> object:
+        return {"transition_id": self.transition_id}
+
+    @classmethod
+    def _from_d(cls, d: object) -> DaveMlsInvalidCommitWelcome:
+        return cls(transition_id=_int(_object(d, cls), "transition_id", cls, 0, _U16))
+
+
+# -- binary messages (protocol.md §5.5) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DaveMlsExternalSender(_BinaryMessage):
+    """Op 25 (S→C): the ExternalSender structure, fed unchanged to ``set_external_sender``."""
+
+    op: ClassVar[Opcode] = Opcode.DAVE_MLS_EXTERNAL_SENDER
+    payload: bytes
+
+    def _to_payload(self) -> bytes:
+        return _check_bytes(self.payload, "DaveMlsExternalSender.payload")
+
+    @classmethod
+    def _from_payload(cls, payload: bytes) -> DaveMlsExternalSender:
+        return cls(payload=payload)
+
+
+@dataclass(frozen=True, slots=True)
+class DaveMlsKeyPackage(_BinaryMessage):
+    """Op 26 (C→S): a bare MLS KeyPackage (not MLSMessage-wrapped)."""
+
+    op: ClassVar[Opcode] = Opcode.DAVE_MLS_KEY_PACKAGE
+    key_package: bytes
+
+    def _to_payload(self) -> bytes:
+        return _check_bytes(self.key_package, "DaveMlsKeyPackage.key_package")
+
+    @classmethod
+    def _from_payload(cls, payload: bytes) -> DaveMlsKeyPackage:
+        return cls(key_package=payload)
+
+
+@dataclass(frozen=True, slots=True)
+class DaveMlsProposals(_BinaryMessage):
+    """Op 27 (S→C): proposals to append or revoke.
+
+    Attributes:
+        operation: The leading operation byte.
+        payload: The rest of the frame: the proposal (or ProposalRef) vector
+            *including* its varint length prefix, exactly what davey's
+            ``process_proposals`` takes.
+    """
+
+    op: ClassVar[Opcode] = Opcode.DAVE_MLS_PROPOSALS
+    operation: ProposalsOperation
+    payload: bytes
+
+    def _to_payload(self) -> bytes:
+        operation = _check_int(self.operation, "DaveMlsProposals.operation", 0, 1, UsageError)
+        return bytes([operation]) + _check_bytes(self.payload, "DaveMlsProposals.payload")
+
+    @classmethod
+    def _from_payload(cls, payload: bytes) -> DaveMlsProposals:
+        if not payload:
+            _fail("DaveMlsProposals: the operation byte is missing", MalformedMessage)
+        operation = _check_int(payload[0], "DaveMlsProposals.operation", 0, 1)
+        return cls(operation=ProposalsOperation(operation), payload=payload[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class DaveMlsCommitWelcome(_BinaryMessage):
+    """Op 28 (C→S): a commit MLSMessage, then an optional bare Welcome, unsplit."""
+
+    op: ClassVar[Opcode] = Opcode.DAVE_MLS_COMMIT_WELCOME
+    payload: bytes
+
+    def _to_payload(self) -> bytes:
+        return _check_bytes(self.payload, "DaveMlsCommitWelcome.payload")
+
+    @classmethod
+    def _from_payload(cls, payload: bytes) -> DaveMlsCommitWelcome:
+        return cls(payload=payload)
+
+
+def _split_transition(payload: bytes, name: str) -> tuple[int, bytes]:
+    if len(payload) < 2:
+        _fail(f"{name}: the 2-byte transition_id is missing", MalformedMessage)
+    return int.from_bytes(payload[:2], "big"), payload[2:]
+
+
+def _join_transition(transition_id: object, body: object, name: str, part: str) -> bytes:
+    tid = _check_int(transition_id, f"{name}.transition_id", 0, _U16, UsageError)
+    return tid.to_bytes(2, "big") + _check_bytes(body, f"{name}.{part}")
+
+
+@dataclass(frozen=True, slots=True)
+class DaveMlsAnnounceCommitTransition(_BinaryMessage):
+    """Op 29 (S→C): ``u16 BE transition_id | commit MLSMessage``."""
+
+    op: ClassVar[Opcode] = Opcode.DAVE_MLS_ANNOUNCE_COMMIT_TRANSITION
+    transition_id: int
+    commit: bytes
+
+    def _to_payload(self) -> bytes:
+        return _join_transition(self.transition_id, self.commit, type(self).__name__, "commit")
+
+    @classmethod
+    def _from_payload(cls, payload: bytes) -> DaveMlsAnnounceCommitTransition:
+        tid, commit = _split_transition(payload, cls.__name__)
+        return cls(transition_id=tid, commit=commit)
+
+
+@dataclass(frozen=True, slots=True)
+class DaveMlsWelcome(_BinaryMessage):
+    """Op 30 (S→C): ``u16 BE transition_id | bare Welcome``."""
+
+    op: ClassVar[Opcode] = Opcode.DAVE_MLS_WELCOME
+    transition_id: int
+    welcome: bytes
+
+    def _to_payload(self) -> bytes:
+        return _join_transition(self.transition_id, self.welcome, type(self).__name__, "welcome")
+
+    @classmethod
+    def _from_payload(cls, payload: bytes) -> DaveMlsWelcome:
+        tid, welcome = _split_transition(payload, cls.__name__)
+        return cls(transition_id=tid, welcome=welcome)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownMessage:
+    """A message with an opcode this module does not know; the client ignores it.
+
+    Attributes:
+        op: The opcode (0..255).
+        data: For a text frame, its ``d`` as decoded JSON.
+        payload: For a binary frame, the bytes after the opcode; ``None`` for text.
+
+    Serialising an ``UnknownMessage`` whose ``op`` *is* known is allowed (a test
+    server can send deliberately odd frames); such a frame parses back to the
+    known message type, or fails to parse.
+    """
+
+    op: int
+    data: object = None
+    payload: bytes | None = None
+
+
+GatewayMessage: TypeAlias = (
+    Identify
+    | SelectProtocol
+    | Ready
+    | Heartbeat
+    | SessionDescription
+    | Speaking
+    | HeartbeatAck
+    | Resume
+    | Hello
+    | Resumed
+    | ClientsConnect
+    | ClientDisconnect
+    | ClientFlags
+    | ClientPlatform
+    | DavePrepareTransition
+    | DaveExecuteTransition
+    | DaveTransitionReady
+    | DavePrepareEpoch
+    | DaveMlsExternalSender
+    | DaveMlsKeyPackage
+    | DaveMlsProposals
+    | DaveMlsCommitWelcome
+    | DaveMlsAnnounceCommitTransition
+    | DaveMlsWelcome
+    | DaveMlsInvalidCommitWelcome
+    | UnknownMessage
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A parsed frame: the message and the server's sequence number, if any.
+
+    Attributes:
+        message: The message.
+        seq: The top-level JSON ``seq`` or the binary frame's u16 seq; ``None``
+            when the frame had none (client frames, op 6, op 8, ...).
+    """
+
+    message: GatewayMessage
+    seq: int | None = None
+
+
+_JSON_TYPES: dict[int, type[_JsonMessage]] = {
+    cls.op: cls
+    for cls in (
+        Identify,
+        SelectProtocol,
+        Ready,
+        Heartbeat,
+        SessionDescription,
+        Speaking,
+        HeartbeatAck,
+        Resume,
+        Hello,
+        Resumed,
+        ClientsConnect,
+        ClientDisconnect,
+        ClientFlags,
+        ClientPlatform,
+        DavePrepareTransition,
+        DaveExecuteTransition,
+        DaveTransitionReady,
+        DavePrepareEpoch,
+        DaveMlsInvalidCommitWelcome,
+    )
+}
+_BINARY_TYPES: dict[int, type[_BinaryMessage]] = {
+    cls.op: cls
+    for cls in (
+        DaveMlsExternalSender,
+        DaveMlsKeyPackage,
+        DaveMlsProposals,
+        DaveMlsCommitWelcome,
+        DaveMlsAnnounceCommitTransition,
+        DaveMlsWelcome,
+    )
+}
+
+#: Opcodes sent as JSON text frames.
+JSON_OPCODES: frozenset[Opcode] = frozenset(Opcode(op) for op in _JSON_TYPES)
+#: Opcodes sent as binary frames (the DAVE MLS ops 25-30).
+BINARY_OPCODES: frozenset[Opcode] = frozenset(Opcode(op) for op in _BINARY_TYPES)
+
+
+# -- frames ------------------------------------------------------------------------------
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > _MAX_NUMBER_CHARS:
+        _fail("JSON number too long", MalformedMessage)
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > _MAX_NUMBER_CHARS:
+        _fail("JSON number too long", MalformedMessage)
+    return float(text)
+
+
+def _parse_constant(name: str) -> NoReturn:
+    _fail(f"JSON constant {name} is not allowed", MalformedMessage)
+
+
+# Hooks run inside the decoder, so their MalformedMessage propagates unchanged.
+_DECODER = json.JSONDecoder(
+    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+)
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_FRAME_SIZE:
+        _fail(f"frame of {size} bytes exceeds the {MAX_FRAME_SIZE}-byte limit", MalformedMessage)
+
+
+def parse_text(text: str | bytes) -> Envelope:
+    """Parse a JSON text frame ``{"op", "d", "seq"?}``.
+
+    Args:
+        text: The frame as ``str``, or as UTF-8 ``bytes``.
+
+    Returns:
+        The message (an :class:`UnknownMessage` for opcodes not known here) and
+        the frame's top-level ``seq``.
+
+    Raises:
+        MalformedMessage: If the frame is not valid UTF-8 or JSON, is too large or
+            too deeply nested, carries a binary-only opcode, or a field is
+            missing, of the wrong type or out of range.
+        UsageError: If ``text`` is neither ``str`` nor bytes.
+    """
+    if isinstance(text, bytes | bytearray | memoryview):
+        _check_size(len(text))
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _fail(f"text frame is not valid UTF-8 (at byte {exc.start})", MalformedMessage)
+    elif not isinstance(text, str):
+        _fail(f"parse_text() takes str or bytes, not {type(text).__name__}", UsageError)
+    _check_size(len(text))
+    try:
+        frame = _DECODER.decode(text)
+    except ValueError as exc:  # JSONDecodeError; its message never quotes the input
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "invalid number"
+        _fail(f"invalid JSON: {msg}", MalformedMessage)
+    except RecursionError:
+        _fail("JSON nested too deeply", MalformedMessage)
+
+    if not isinstance(frame, dict):
+        _fail("a text frame must be a JSON object", MalformedMessage)
+    op = _check_int(frame.get("op"), "frame op", 0, _U8)
+    raw_seq = frame.get("seq")
+    seq = None if raw_seq is None else _check_int(raw_seq, "frame seq", 0, _U64)
+    d = frame.get("d")
+    message_type = _JSON_TYPES.get(op)
+    if message_type is not None:
+        message = cast("GatewayMessage", message_type._from_d(d))
+    elif op in _BINARY_TYPES:
+        _fail(f"op {op} must arrive in a binary frame, not a text frame", MalformedMessage)
+    else:
+        message = UnknownMessage(op=op, data=d)
+    return Envelope(message, seq)
+
+
+def parse_binary(data: bytes, *, from_server: bool) -> Envelope:
+    """Parse a binary frame.
+
+    Args:
+        data: The frame.
+        from_server: ``True`` for the server→client layout
+            ``seq u16 BE | op u8 | payload``; ``False`` for the client→server
+            layout ``op u8 | payload``.
+
+    Returns:
+        The message (an :class:`UnknownMessage` for opcodes not known here) and
+        the seq (``None`` for client frames).
+
+    Raises:
+        MalformedMessage: If the frame is truncated or too large, carries a
+            JSON opcode, or its payload is invalid for the opcode.
+        UsageError: If ``data`` is not bytes.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        _fail(f"parse_binary() takes bytes, not {type(data).__name__}", UsageError)
+    data = bytes(data)
+    _check_size(len(data))
+    seq: int | None = None
+    if from_server:
+        if len(data) < 3:
+            _fail("binary frame too short for its seq (2 bytes) and opcode", MalformedMessage)
+        seq, op = struct.unpack_from(">HB", data)
+        payload = data[3:]
+    else:
+        if not data:
+            _fail("binary frame is empty: the opcode is missing", MalformedMessage)
+        op, payload = data[0], data[1:]
+
+    message_type = _BINARY_TYPES.get(op)
+    if message_type is not None:
+        message = cast("GatewayMessage", message_type._from_payload(payload))
+    elif op in _JSON_TYPES:
+        _fail(f"op {op} must arrive in a text frame, not a binary frame", MalformedMessage)
+    else:
+        message = UnknownMessage(op=op, payload=payload)
+    return Envelope(message, seq)
+
+
+def parse(frame: str | bytes, *, from_server: bool) -> Envelope:
+    """Parse a frame as the WebSocket hands it over: ``str`` is text, ``bytes`` binary.
+
+    Args:
+        frame: The frame.
+        from_server: Which binary layout to expect (see :func:`parse_binary`).
+            Text frames look the same both ways.
+
+    Returns:
+        The parsed :class:`Envelope`.
+
+    Raises:
+        MalformedMessage: If the frame is malformed.
+        UsageError: If ``frame`` is neither ``str`` nor bytes.
+    """
+    if isinstance(frame, str):
+        return parse_text(frame)
+    return parse_binary(frame, from_server=from_server)
+
+
+def is_binary(message: GatewayMessage) -> bool:
+    """Return whether ``message`` travels in a binary frame (DAVE ops 25-30).
+
+    An :class:`UnknownMessage` is binary when it has a ``payload``.
+    """
+    if isinstance(message, UnknownMessage):
+        return message.payload is not None
+    return isinstance(message, _BinaryMessage)
+
+
+def _dumps(frame: dict[str, object]) -> str:
+    try:
+        return json.dumps(frame, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        _fail("the message data cannot be encoded as JSON", UsageError)
+
+
+def serialize(message: GatewayMessage, *, seq: int | None = None) -> str | bytes:
+    """Encode a message as a frame.
+
+    Args:
+        message: The message.
+        seq: For JSON messages, a top-level ``"seq"`` to add (server side). For
+            binary messages, given means the server→client layout
+            ``seq u16 BE | op | payload``, omitted the client→server ``op | payload``.
+
+    Returns:
+        ``str`` (a compact JSON text frame) or ``bytes`` (a binary frame), as
+        :func:`is_binary` says.
+
+    Raises:
+        UsageError: If a field is invalid (wrong type, out of range, a key that
+            is not 32 bytes, ...), or ``seq`` is out of range.
+    """
+    if is_binary(message):
+        if isinstance(message, UnknownMessage):
+            if message.data is not None:
+                _fail("UnknownMessage: give data (text) or payload (binary), not both", UsageError)
+            op = _check_int(message.op, "UnknownMessage.op", 0, _U8, UsageError)
+            body = _check_bytes(message.payload, "UnknownMessage.payload")
+        else:
+            assert isinstance(message, _BinaryMessage)
+            op, body = message.op, message._to_payload()
+        if seq is None:
+            return bytes([op]) + body
+        return struct.pack(">HB", _check_int(seq, "seq", 0, _U16, UsageError), op) + body
+
+    if isinstance(message, UnknownMessage):
+        op, d = _check_int(message.op, "UnknownMessage.op", 0, _U8, UsageError), message.data
+    elif isinstance(message, _JsonMessage):
+        op = message.op
+        try:
+            d = message._to_d()
+        except (TypeError, ValueError):  # e.g. list() over a non-iterable field
+            _fail(f"{type(message).__name__} has a field of the wrong type", UsageError)
+        # One set of rules for both directions: what we send must parse back.
+        try:
+            type(message)._from_d(d)
+        except MalformedMessage as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        _fail(f"not a gateway message: {type(message).__name__}", UsageError)
+    frame: dict[str, object] = {"op": int(op), "d": d}
+    if seq is not None:
+        frame["seq"] = _check_int(seq, "seq", 0, _U64, UsageError)
+    return _dumps(frame)

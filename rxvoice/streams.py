@@ -1,0 +1,51 @@
+"""Hot event streams whose subscribers cannot break each other or the connection."""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+from reactivex.subject import BehaviorSubject, Subject
+
+__all__ = ["EventStream", "StateStream"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class EventStream(Subject[T]):
+    """A :class:`reactivex.subject.Subject` that isolates its subscribers.
+
+    A plain Subject lets an exception raised in one subscriber's ``on_next``
+    escape into the code that emitted the value (here: the receive loop) and
+    skips the remaining subscribers. This one logs the exception and carries on,
+    so one faulty callback cannot end the connection or another pipeline.
+    Errors inside an operator chain still reach that chain's ``on_error``.
+    """
+
+    def _on_next_core(self, value: T) -> None:
+        with self.lock:
+            observers = self.observers.copy()
+        for observer in observers:
+            try:
+                observer.on_next(value)
+            except Exception:
+                logger.exception("a subscriber raised in on_next; it keeps its subscription")
+
+
+class StateStream(BehaviorSubject[T]):
+    """A :class:`reactivex.subject.BehaviorSubject` that isolates its subscribers.
+
+    New subscribers receive the current value first (replay of one).
+    """
+
+    def _on_next_core(self, value: T) -> None:
+        with self.lock:
+            observers = self.observers.copy()
+            self.value = value
+        for observer in observers:
+            try:
+                observer.on_next(value)
+            except Exception:
+                logger.exception("a subscriber raised in on_next; it keeps its subscription")

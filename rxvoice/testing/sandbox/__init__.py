@@ -1,0 +1,581 @@
+"""A local stand-in for the parts of Discord a voice client talks to.
+
+:class:`Sandbox` runs, on loopback and in the current event loop:
+
+- a **main-gateway stub** (gateway v10, JSON, over TLS): Hello, Identify,
+  READY, heartbeats, and op 4 answered with ``VOICE_STATE_UPDATE`` and
+  ``VOICE_SERVER_UPDATE``;
+- a **voice gateway v8** (over TLS): the handshake, heartbeats with
+  ``seq_ack``, numbered messages and resume with replay, the roster (op 11 /
+  13), speaking relay, the error closes, and DAVE through a delivery service
+  per call (:mod:`rxvoice.testing.sandbox.dave`);
+- a **UDP relay** (an SFU) that answers IP discovery and re-encrypts media for
+  each recipient, mixing in ``0xBEDE`` header extensions and RTCP;
+- **simulated speakers** that join like real DAVE clients and send real Opus;
+- **fault knobs**: loss, reordering, duplication, jitter, corruption,
+  truncation, garbage datagrams, dropped heartbeat ACKs, an invalid commit,
+  join/leave churn.
+
+It behaves as protocol.md (§7, §10, §11) says Discord does, so that any
+client, not only rxvoice's, can be tested against it.
+
+Example:
+    >>> async def main() -> None:                        # doctest: +SKIP
+    ...     async with Sandbox(speakers=2) as sb:
+    ...         shard = GatewayShard(sb.bot_token, url=sb.gateway_url, ssl=sb.client_ssl())
+    ...         await shard.start()
+    ...         await shard.update_voice_state(sb.guild_id, sb.channel_id)
+
+From a shell, ``python -m rxvoice sandbox`` prints the same endpoints and
+credentials as one JSON line and serves until interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Self
+
+from websockets.asyncio.server import Server, serve
+
+from rxvoice.errors import UsageError
+from rxvoice.protocol.crypto import EncryptionMode
+from rxvoice.testing.sandbox.dave import DaveDeliveryService
+from rxvoice.testing.sandbox.faults import FaultInjector, Faults
+from rxvoice.testing.sandbox.gateway import MainGateway, check_gateway_request
+from rxvoice.testing.sandbox.relay import Relay
+from rxvoice.testing.sandbox.speakers import SentFrame, Speaker
+from rxvoice.testing.sandbox.tls import SandboxTls
+from rxvoice.testing.sandbox.voice import (
+    ParticipantInfo,
+    VoiceServer,
+    check_voice_request,
+    new_snowflake,
+)
+
+__all__ = ["Faults", "ParticipantInfo", "Sandbox", "SentFrame", "Speaker", "VoiceCredentials"]
+
+logger = logging.getLogger(__name__)
+
+_ALL_MODES = (
+    EncryptionMode.AEAD_AES256_GCM_RTPSIZE.value,
+    EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE.value,
+)
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceCredentials:
+    """What a client needs to identify on the voice gateway without the main gateway.
+
+    Unpacks as ``session_id, token, endpoint``.
+
+    Attributes:
+        user_id: The user the token is for.
+        session_id: The ``session_id`` for Identify.
+        token: The voice token (not shown in the repr).
+        endpoint: ``host:port`` without a scheme, as ``VOICE_SERVER_UPDATE`` has it.
+        channel_id: The call the token joins.
+    """
+
+    user_id: str
+    session_id: str
+    token: str = field(repr=False)
+    endpoint: str
+    channel_id: str
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.session_id, self.token, self.endpoint))
+
+
+class Sandbox:
+    """A local Discord for voice clients; use it as an async context manager.
+
+    Args:
+        speakers: Simulated speakers that join at start and talk in turns.
+        dave: Offer DAVE (E2EE). Off: every op 4 says version 0.
+        require_dave: Close clients without DAVE with 4017, as Discord does
+            since 2026-03-01. Otherwise a non-DAVE client downgrades the call.
+        host: Address to bind (the advertised address is 127.0.0.1 for a
+            wildcard).
+        port: Main-gateway port; the voice gateway (TCP) and the relay (UDP)
+            use ``port + 1``. 0 picks free ports.
+        modes: Transport modes offered in Ready, in order.
+        heartbeat_interval: Voice Hello interval, in ms. A connection that
+            stays silent for two intervals is closed with 4009.
+        gateway_heartbeat_interval: Main-gateway Hello interval, in ms.
+        transition_timeout: Seconds before a DAVE transition executes without
+            every op 23.
+        resume_window: Seconds a voice session survives without its WebSocket.
+        replay_limit: Messages buffered per session for resume.
+        resume_gap_code: Close code for a resume the buffer cannot cover.
+        rtp_extensions: Put a ``0xBEDE`` extension on every other relayed packet.
+        rtcp_interval: Send an RTCP receiver report every this many relayed
+            packets per recipient (0: never).
+        faults: Fault knobs (see :class:`Faults`); :meth:`set_faults` changes them.
+        guild_id: The guild id; random when omitted.
+        channel_id: The voice channel id; random when omitted.
+    """
+
+    def __init__(
+        self,
+        *,
+        speakers: int = 0,
+        dave: bool = True,
+        require_dave: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        modes: Sequence[str] = _ALL_MODES,
+        heartbeat_interval: float = 41_250.0,
+        gateway_heartbeat_interval: float = 41_250.0,
+        transition_timeout: float = 2.0,
+        resume_window: float = 30.0,
+        replay_limit: int = 1024,
+        resume_gap_code: int = 4006,
+        rtp_extensions: bool = True,
+        rtcp_interval: int = 50,
+        faults: Faults | None = None,
+        guild_id: str | None = None,
+        channel_id: str | None = None,
+    ) -> None:
+        if require_dave and not dave:
+            raise UsageError("require_dave needs dave=True")
+        self._initial_speakers = speakers
+        self.dave_enabled = dave
+        self.require_dave = require_dave
+        self.host = host
+        self._port = port
+        self._modes = tuple(modes)
+        self._heartbeat_interval = heartbeat_interval
+        self._gateway_heartbeat_interval = gateway_heartbeat_interval
+        self._transition_timeout = transition_timeout
+        self._resume_window = resume_window
+        self._replay_limit = replay_limit
+        self._resume_gap_code = resume_gap_code
+        self._rtp_extensions = rtp_extensions
+        self._rtcp_interval = rtcp_interval
+        self._injector = FaultInjector(faults)
+        self.guild_id = guild_id or new_snowflake()
+        self.channel_id = channel_id or new_snowflake()
+        self._counters: collections.Counter[str] = collections.Counter()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._speakers: dict[str, Speaker] = {}
+        self._speaker_tasks: dict[str, asyncio.Task[None]] = {}
+        self._speaker_count = 0
+        self._tls: SandboxTls | None = None
+        self._servers: list[Server] = []
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tick: asyncio.Task[None] | None = None
+        self._voice: VoiceServer | None = None
+        self._gateway: MainGateway | None = None
+        self._bot_token = ""
+        self.bot_user_id = ""
+        self.gateway_url = ""
+        self.voice_endpoint = ""
+
+    def __repr__(self) -> str:
+        return f"Sandbox(gateway_url={self.gateway_url!r}, voice_endpoint={self.voice_endpoint!r})"
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Bind the sockets, start the servers and the initial speakers."""
+        if self._voice is not None:
+            raise UsageError("the sandbox is already started")
+        loop = asyncio.get_running_loop()
+        advertised = "127.0.0.1" if self.host in _WILDCARDS else self.host
+        self._tls = SandboxTls([advertised])
+        try:
+            await self._start(loop, advertised)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, loop: asyncio.AbstractEventLoop, advertised: str) -> None:
+        assert self._tls is not None
+        server_ssl = self._tls.server_context()
+        voice_port = self._port + 1 if self._port else 0
+        voice = self._voice = VoiceServer(
+            guild_id=self.guild_id,
+            default_channel_id=self.channel_id,
+            media_ip=advertised,
+            modes=self._modes,
+            heartbeat_interval=self._heartbeat_interval,
+            dave=self.dave_enabled,
+            require_dave=self.require_dave,
+            resume_window=self._resume_window,
+            replay_limit=self._replay_limit,
+            resume_gap_code=self._resume_gap_code,
+            transition_timeout=self._transition_timeout,
+            injector=self._injector,
+            counters=self._counters,
+            on_change=self._changed,
+            on_voice_state=self._voice_state,
+        )
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: Relay(
+                voice,
+                self._injector,
+                self._counters,
+                extensions=self._rtp_extensions,
+                rtcp_interval=self._rtcp_interval,
+                on_packet=self._changed,
+            ),
+            local_addr=(self.host, voice_port),
+        )
+        voice.media_port = self._udp.get_extra_info("sockname")[1]
+        common: dict[str, Any] = {
+            "ssl": server_ssl,
+            "compression": None,
+            "ping_interval": None,
+            "max_size": 1 << 22,
+        }
+        voice_ws = await serve(
+            voice.serve,
+            self.host,
+            voice_port,
+            process_request=check_voice_request,
+            **common,
+        )
+        self._servers.append(voice_ws)
+        self.voice_endpoint = f"{advertised}:{_bound_port(voice_ws)}"
+
+        gateway_ws = await serve(
+            self._serve_gateway,
+            self.host,
+            self._port,
+            process_request=check_gateway_request,
+            **common,
+        )
+        self._servers.append(gateway_ws)
+        self.gateway_url = f"wss://{advertised}:{_bound_port(gateway_ws)}/?v=10&encoding=json"
+        self._gateway = MainGateway(
+            voice=voice,
+            voice_endpoint=self.voice_endpoint,
+            gateway_url=self.gateway_url,
+            heartbeat_interval=self._gateway_heartbeat_interval,
+            counters=self._counters,
+            on_change=self._changed,
+        )
+        bot = self._gateway.add_bot("sandbox-bot")
+        self._bot_token, self.bot_user_id = bot.token, bot.user_id
+        self._tick = loop.create_task(self._run_ticks(), name="sandbox-dave-tick")
+        logger.info("sandbox up: gateway %s, voice %s", self.gateway_url, self.voice_endpoint)
+        for _ in range(self._initial_speakers):
+            await self.add_speaker()
+
+    async def _serve_gateway(self, ws: Any) -> None:
+        assert self._gateway is not None
+        await self._gateway.serve(ws)
+
+    async def stop(self) -> None:
+        """Stop everything and delete the temporary certificate files. Idempotent."""
+        for user_id in list(self._speakers):
+            await self._drop_speaker(user_id, leave=False)
+        if self._tick is not None:
+            self._tick.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick
+            self._tick = None
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        for server in servers:
+            await server.wait_closed()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._voice is not None:
+            self._voice.shutdown()
+        if self._tls is not None:
+            self._tls.cleanup()
+        for waiter in self._waiters:
+            waiter.cancel()
+        self._waiters.clear()
+
+    async def _run_ticks(self) -> None:
+        # A timer, not a wait: DAVE transitions time out on the loop clock.
+        interval = min(0.05, self._transition_timeout / 4)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if self._voice is not None:
+                self._voice.tick(loop.time())
+
+    # -- endpoints and credentials ----------------------------------------------------------
+
+    @property
+    def _server(self) -> VoiceServer:
+        if self._voice is None:
+            raise UsageError("the sandbox is not started")
+        return self._voice
+
+    @property
+    def _main(self) -> MainGateway:
+        if self._gateway is None:
+            raise UsageError("the sandbox is not started")
+        return self._gateway
+
+    @property
+    def bot_token(self) -> str:
+        """The default bot's token for the main gateway."""
+        return self._bot_token
+
+    @property
+    def voice_token(self) -> str:
+        """A voice token accepted for any user id and session id (in the default call)."""
+        return self._server.universal_token
+
+    @property
+    def voice_url(self) -> str:
+        """The voice gateway URL, ``wss://host:port/?v=8``."""
+        return f"wss://{self.voice_endpoint}/?v=8"
+
+    @property
+    def media_address(self) -> tuple[str, int]:
+        """The relay's UDP address (what Ready advertises)."""
+        return self._server.media_ip, self._server.media_port
+
+    @property
+    def ca_file(self) -> str:
+        """Path of the PEM certificate to trust (e.g. ``NODE_EXTRA_CA_CERTS``)."""
+        if self._tls is None:
+            raise UsageError("the sandbox is not started")
+        return str(self._tls.ca_file)
+
+    def client_ssl(self) -> ssl.SSLContext:
+        """A TLS client context that trusts the sandbox's certificate."""
+        if self._tls is None:
+            raise UsageError("the sandbox is not started")
+        return self._tls.client_context()
+
+    def add_bot(self, name: str | None = None) -> tuple[str, str]:
+        """Create another bot account for the main gateway.
+
+        Returns:
+            ``(token, user_id)``.
+        """
+        bot = self._main.add_bot(name)
+        return bot.token, bot.user_id
+
+    def voice_credentials(self, user_id: str, channel_id: str | None = None) -> VoiceCredentials:
+        """Mint voice credentials for ``user_id``, as op 4 on the main gateway would.
+
+        Args:
+            user_id: The user (a snowflake string).
+            channel_id: The call; the sandbox's channel by default.
+        """
+        channel = channel_id or self.channel_id
+        session_id, token = self._server.mint(user_id, channel)
+        return VoiceCredentials(user_id, session_id, token, self.voice_endpoint, channel)
+
+    # -- speakers ---------------------------------------------------------------------------
+
+    async def add_speaker(
+        self,
+        frequency: float | None = None,
+        *,
+        talk: bool = True,
+        dave: bool | None = None,
+        channel_id: str | None = None,
+        timeout: float = 10.0,
+    ) -> Speaker:
+        """Add a simulated speaker; returns once it has its session description (op 4).
+
+        Args:
+            frequency: Its tone in Hz; distinct per speaker by default (300, 450, ...).
+            talk: Run the default script (talk 1 s, pause, repeat). ``False``
+                leaves it to the caller: ``await speaker.talk(n)``, ``pause()``, ``leave()``.
+            dave: Whether it offers DAVE; follows the sandbox by default.
+            channel_id: The call; the sandbox's channel by default.
+            timeout: Seconds to wait for the join.
+        """
+        index = self._speaker_count
+        self._speaker_count += 1
+        speaker = Speaker(
+            self._server,
+            user_id=new_snowflake(),
+            channel_id=channel_id or self.channel_id,
+            frequency=frequency if frequency is not None else 300.0 + 150.0 * index,
+            dave=self.dave_enabled if dave is None else dave,
+            on_change=self._changed,
+        )
+        self._speakers[speaker.user_id] = speaker
+        try:
+            await speaker.join(timeout)
+        except BaseException:
+            await self._drop_speaker(speaker.user_id)
+            raise
+        if talk:
+            self._speaker_tasks[speaker.user_id] = asyncio.get_running_loop().create_task(
+                speaker.run(), name=f"speaker-{speaker.user_id}-script"
+            )
+        return speaker
+
+    @property
+    def speakers(self) -> list[Speaker]:
+        """The simulated speakers present, in join order."""
+        return list(self._speakers.values())
+
+    async def remove_speaker(self, speaker: Speaker | str) -> None:
+        """Make a simulated speaker leave the call."""
+        user_id = speaker if isinstance(speaker, str) else speaker.user_id
+        await self._drop_speaker(user_id)
+
+    async def _drop_speaker(self, user_id: str, *, leave: bool = True) -> None:
+        task = self._speaker_tasks.pop(user_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        speaker = self._speakers.pop(user_id, None)
+        if speaker is not None:
+            await (speaker.leave() if leave else speaker.aclose())
+
+    async def churn(self, cycles: int = 5) -> None:
+        """Fault knob: a speaker joins and leaves at once, ``cycles`` times."""
+        for _ in range(cycles):
+            speaker = await self.add_speaker(talk=False)
+            await self.remove_speaker(speaker)
+            self._counters["churn_cycles"] += 1
+
+    # -- control ----------------------------------------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        """The current fault knobs."""
+        return self._injector.faults
+
+    def set_faults(self, faults: Faults | None = None, **changes: Any) -> Faults:
+        """Change the fault knobs: a new :class:`Faults`, or fields to change.
+
+        Example:
+            >>> sb.set_faults(loss=0.05, seed=7)  # doctest: +SKIP
+        """
+        base = faults if faults is not None else self._injector.faults
+        new = replace(base, **changes)
+        self._injector.configure(new)
+        return new
+
+    def force_close(self, user_id: str, code: int | None) -> bool:
+        """Close a user's voice WebSocket with ``code``, or drop its TCP connection (``None``).
+
+        Resumable codes (below 4000, 4013, 4015, ``None``) keep the session for
+        op 7; others (4006, 4009, 4014, 4017, 4021, 4022, ...) end it.
+
+        Returns:
+            Whether the user had a connection.
+        """
+        return self._server.force_close(user_id, code)
+
+    def leave(self, user_id: str) -> None:
+        """The user leaves voice (kick or main-gateway leave): its session ends with 4014.
+
+        A bot connected to the main gateway also gets ``VOICE_STATE_UPDATE``
+        with a null channel.
+        """
+        self._main.leave(user_id)
+
+    def move(self, user_id: str, channel_id: str | None = None) -> bool:
+        """Discord moves a bot (same or another channel): new voice token, old session 4014.
+
+        Returns:
+            Whether the bot is on the main gateway and in voice.
+        """
+        return self._main.move(user_id, channel_id)
+
+    def endpoint_null(self, user_id: str) -> bool:
+        """Send a bot ``VOICE_SERVER_UPDATE`` with ``endpoint: null`` (server reallocation).
+
+        Its old voice tokens stop working; :meth:`server_update` sends a new one.
+
+        Returns:
+            Whether the bot is on the main gateway and in voice.
+        """
+        return self._main.server_update(user_id, endpoint=False)
+
+    def server_update(self, user_id: str) -> bool:
+        """Send a bot a fresh ``VOICE_SERVER_UPDATE`` (a new token, the endpoint).
+
+        Returns:
+            Whether the bot is on the main gateway and in voice.
+        """
+        return self._main.server_update(user_id)
+
+    def inject_invalid_commit(self, user_id: str) -> bool:
+        """Fault knob: corrupt the next DAVE commit or welcome sent to ``user_id``.
+
+        A correct client answers with op 31 and a new key package.
+
+        Returns:
+            Whether the user is in a DAVE call.
+        """
+        return self._server.inject_invalid_commit(user_id)
+
+    # -- inspection -------------------------------------------------------------------------
+
+    def participants(self, channel_id: str | None = None) -> list[ParticipantInfo]:
+        """Snapshots of the users in a call (the sandbox's channel by default)."""
+        call = self._server.calls.get(channel_id or self.channel_id)
+        return [] if call is None else [p.info() for p in call.members.values()]
+
+    def roster(self, channel_id: str | None = None) -> list[str]:
+        """User ids in a call, in join order."""
+        return [p.user_id for p in self.participants(channel_id)]
+
+    def dave(self, channel_id: str | None = None) -> DaveDeliveryService | None:
+        """The DAVE delivery service of a call (epoch, members, leaves, stats), if any."""
+        call = self._server.calls.get(channel_id or self.channel_id)
+        return None if call is None else call.dave
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Event counts: malformed frames, closes by code, relayed packets, faults, ..."""
+        merged = collections.Counter(self._counters)
+        merged.update(self._injector.counters)
+        return dict(merged)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` holds; it is re-checked after every state change.
+
+        Raises:
+            TimeoutError: It did not hold within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+                await waiter
+
+    def _changed(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _voice_state(self, p: Any, joined: bool) -> None:
+        if self._gateway is not None:
+            self._gateway.on_voice_state(p, joined)
+
+
+def _bound_port(server: Server) -> int:
+    return int(next(iter(server.sockets)).getsockname()[1])

@@ -1,0 +1,464 @@
+"""The sandbox's main-gateway stub: Discord gateway v10 (JSON), just enough for voice.
+
+It speaks the part of the gateway that a voice bot needs (protocol.md §2, §7.1):
+
+- op 10 Hello, op 2 Identify (the bot token is checked; 4004 otherwise), the
+  ``READY`` dispatch (``user.id``, ``session_id``) and a small ``GUILD_CREATE``
+  for the sandbox guild, op 1 Heartbeat → op 11 ACK;
+- op 4 Update Voice State → ``VOICE_STATE_UPDATE`` then ``VOICE_SERVER_UPDATE``
+  (a fresh voice token, ``endpoint`` = ``host:port`` without a scheme);
+  ``channel_id: null`` → ``VOICE_STATE_UPDATE`` with a null channel and the
+  voice session ends;
+- triggers for what Discord does on its own: a move (new token), a null
+  endpoint, a fresh server update, a kick;
+- other users' voice states (the simulated speakers) as ``VOICE_STATE_UPDATE``.
+
+Dispatches carry ``s`` (a per-connection sequence number) and ``t``.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from rxvoice.testing.sandbox.links import Link, WebSocketLink
+from rxvoice.testing.sandbox.voice import Participant, VoiceServer, new_snowflake
+
+__all__ = ["Bot", "MainGateway", "check_gateway_request"]
+
+logger = logging.getLogger(__name__)
+
+# Gateway close codes (Discord "Gateway Close Event Codes").
+_UNKNOWN_OPCODE = 4001
+_DECODE_ERROR = 4002
+_NOT_AUTHENTICATED = 4003
+_AUTHENTICATION_FAILED = 4004
+_ALREADY_AUTHENTICATED = 4005
+
+# Client ops accepted and ignored: presence update, request guild members.
+_IGNORED_OPS = frozenset({3, 8})
+
+# VIEW_CHANNEL | CONNECT | SPEAK | USE_VAD, so libraries that check permissions let bots join.
+_EVERYONE_PERMISSIONS = str((1 << 10) | (1 << 20) | (1 << 21) | (1 << 25))
+
+
+@dataclass(frozen=True, slots=True)
+class Bot:
+    """A bot account the stub accepts.
+
+    Attributes:
+        user_id: The bot's user id.
+        token: The bot token (not shown in the repr).
+        name: The bot's user name.
+    """
+
+    user_id: str
+    token: str = field(repr=False)
+    name: str
+
+
+@dataclass(eq=False, slots=True)
+class _GatewayConn:
+    link: Link
+    bot: Bot | None = None
+    session_id: str = ""
+    seq: int = 0
+    closing: bool = False
+
+
+class MainGateway:
+    """The main-gateway stub.
+
+    Args:
+        voice: The voice gateway (voice tokens and sessions live there).
+        voice_endpoint: ``host:port`` of the voice gateway, as sent in
+            ``VOICE_SERVER_UPDATE``.
+        gateway_url: Sent as ``resume_gateway_url``.
+        heartbeat_interval: Sent in Hello, in milliseconds.
+        counters: Shared event counters.
+        on_change: Called after every state change.
+    """
+
+    def __init__(
+        self,
+        *,
+        voice: VoiceServer,
+        voice_endpoint: str,
+        gateway_url: str,
+        heartbeat_interval: float,
+        counters: collections.Counter[str],
+        on_change: Callable[[], None],
+    ) -> None:
+        self._voice = voice
+        self.voice_endpoint = voice_endpoint
+        self.gateway_url = gateway_url
+        self.heartbeat_interval = heartbeat_interval
+        self._counters = counters
+        self._on_change = on_change
+        self.bots: dict[str, Bot] = {}  # by token
+        self._conns: dict[str, _GatewayConn] = {}  # latest identified connection per bot id
+        self._voice_channel: dict[str, str] = {}  # the gateway's idea of each bot's channel
+        self._created = datetime.datetime.now(datetime.UTC).isoformat()
+
+    def __repr__(self) -> str:
+        return f"MainGateway(bots={len(self.bots)}, connected={len(self._conns)})"
+
+    def add_bot(self, name: str | None = None) -> Bot:
+        """Create a bot account (a new token and user id)."""
+        user_id = new_snowflake()
+        bot = Bot(user_id=user_id, token=secrets.token_urlsafe(32), name=name or f"bot-{user_id}")
+        self.bots[bot.token] = bot
+        return bot
+
+    def is_bot(self, user_id: str) -> bool:
+        """Whether ``user_id`` is one of the stub's bots."""
+        return any(bot.user_id == user_id for bot in self.bots.values())
+
+    def voice_channel(self, user_id: str) -> str | None:
+        """The voice channel the gateway last put ``user_id`` in, if any."""
+        return self._voice_channel.get(user_id)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _send(self, conn: _GatewayConn, payload: dict[str, Any]) -> None:
+        if not conn.closing:
+            conn.link.send(json.dumps(payload, separators=(",", ":")))
+
+    def _dispatch(self, conn: _GatewayConn, event: str, data: object) -> None:
+        conn.seq += 1
+        self._send(conn, {"op": 0, "t": event, "s": conn.seq, "d": data})
+
+    def _close(self, conn: _GatewayConn, code: int, reason: str) -> None:
+        if not conn.closing:
+            self._counters[f"gateway_closed_{code}"] += 1
+            conn.link.close(code, reason)
+            conn.closing = True
+
+    def _user_object(self, user_id: str, name: str, *, bot: bool) -> dict[str, Any]:
+        return {
+            "id": user_id,
+            "username": name,
+            "discriminator": "0",
+            "global_name": None,
+            "avatar": None,
+            "bot": bot,
+            "flags": 0,
+        }
+
+    def _voice_state(
+        self, user_id: str, channel_id: str | None, session_id: str, *, bot: bool
+    ) -> dict[str, Any]:
+        name = next((b.name for b in self.bots.values() if b.user_id == user_id), user_id)
+        return {
+            "guild_id": self._voice.guild_id,
+            "channel_id": channel_id,
+            "user_id": user_id,
+            "member": {
+                "user": self._user_object(user_id, name, bot=bot),
+                "roles": [],
+                "joined_at": self._created,
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
+            },
+            "session_id": session_id,
+            "deaf": False,
+            "mute": False,
+            "self_deaf": False,
+            "self_mute": False,
+            "self_video": False,
+            "self_stream": False,
+            "suppress": False,
+            "request_to_speak_timestamp": None,
+        }
+
+    def _broadcast_voice_state(self, state: dict[str, Any]) -> None:
+        for conn in list(self._conns.values()):
+            self._dispatch(conn, "VOICE_STATE_UPDATE", state)
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def serve(self, ws: ServerConnection) -> None:
+        """Run one gateway connection (the ``websockets`` handler)."""
+        link = WebSocketLink(ws)
+        conn = _GatewayConn(link)
+        self._send(conn, {"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval}})
+        try:
+            async for frame in ws:
+                self.receive(conn, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.closing = True
+            if conn.bot is not None and self._conns.get(conn.bot.user_id) is conn:
+                del self._conns[conn.bot.user_id]
+            await link.finish()
+            self._on_change()
+
+    def receive(self, conn: _GatewayConn, frame: str | bytes) -> None:
+        """Handle one frame from a bot. Never raises."""
+        if conn.closing:
+            return
+        try:
+            message = json.loads(frame)
+            if not isinstance(message, dict) or not isinstance(message.get("op"), int):
+                raise ValueError("not a gateway payload")
+        except (ValueError, RecursionError):
+            self._counters["gateway_malformed"] += 1
+            logger.warning("undecodable main-gateway frame")
+            self._close(conn, _DECODE_ERROR, "Decode error")
+            return
+        try:
+            self._handle(conn, message["op"], message.get("d"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._counters["gateway_malformed"] += 1
+            logger.warning("malformed main-gateway op %s: %s", message["op"], exc)
+            self._close(conn, _DECODE_ERROR, "Decode error")
+        self._on_change()
+
+    def _handle(self, conn: _GatewayConn, op: int, d: Any) -> None:
+        if op == 1:
+            self._send(conn, {"op": 11, "d": None})
+        elif op == 2:
+            self._identify(conn, d)
+        elif conn.bot is None:
+            self._close(conn, _NOT_AUTHENTICATED, "Not authenticated")
+        elif op == 4:
+            self._update_voice_state(conn, d)
+        elif op == 6:
+            self._send(conn, {"op": 9, "d": False})  # no gateway resume: identify again
+        elif op in _IGNORED_OPS:
+            pass
+        else:
+            self._close(conn, _UNKNOWN_OPCODE, "Unknown opcode")
+
+    def _identify(self, conn: _GatewayConn, d: Any) -> None:
+        if conn.bot is not None:
+            self._close(conn, _ALREADY_AUTHENTICATED, "Already authenticated")
+            return
+        token = str(d["token"]).removeprefix("Bot ")
+        bot = self.bots.get(token)
+        if bot is None:
+            self._counters["gateway_auth_failures"] += 1
+            self._close(conn, _AUTHENTICATION_FAILED, "Authentication failed")
+            return
+        conn.bot = bot
+        conn.session_id = secrets.token_hex(16)
+        old = self._conns.get(bot.user_id)
+        if old is not None:
+            self._close(old, 4000, "identified elsewhere")
+        self._conns[bot.user_id] = conn
+        self._counters["gateway_identified"] += 1
+        guild_id = self._voice.guild_id
+        self._dispatch(
+            conn,
+            "READY",
+            {
+                "v": 10,
+                "user": self._user_object(bot.user_id, bot.name, bot=True),
+                "guilds": [{"id": guild_id, "unavailable": True}],
+                "session_id": conn.session_id,
+                "resume_gateway_url": self.gateway_url,
+                "application": {"id": bot.user_id, "flags": 0},
+                "private_channels": [],
+            },
+        )
+        self._dispatch(conn, "GUILD_CREATE", self._guild(bot))
+
+    def _guild(self, bot: Bot) -> dict[str, Any]:
+        guild_id = self._voice.guild_id
+        channel_id = self._voice.default_channel_id
+        voice_states = []
+        for call in self._voice.calls.values():
+            for p in call.members.values():
+                state = self._voice_state(p.user_id, call.channel_id, p.session_id, bot=False)
+                del state["guild_id"]  # voice states inside a guild object omit it
+                voice_states.append(state)
+        return {
+            "id": guild_id,
+            "name": "rxvoice sandbox",
+            "icon": None,
+            "splash": None,
+            "discovery_splash": None,
+            "owner_id": bot.user_id,
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "roles": [
+                {
+                    "id": guild_id,
+                    "name": "@everyone",
+                    "permissions": _EVERYONE_PERMISSIONS,
+                    "position": 0,
+                    "color": 0,
+                    "hoist": False,
+                    "managed": False,
+                    "mentionable": False,
+                    "flags": 0,
+                }
+            ],
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "mfa_level": 0,
+            "system_channel_id": None,
+            "premium_tier": 0,
+            "preferred_locale": "en-US",
+            "nsfw_level": 0,
+            "large": False,
+            "unavailable": False,
+            "member_count": 1 + len(voice_states),
+            "joined_at": self._created,
+            "channels": [
+                {
+                    "id": channel_id,
+                    "type": 2,  # GUILD_VOICE
+                    "guild_id": guild_id,
+                    "name": "Sandbox",
+                    "position": 0,
+                    "bitrate": 64000,
+                    "user_limit": 0,
+                    "rtc_region": None,
+                    "permission_overwrites": [],
+                    "parent_id": None,
+                    "nsfw": False,
+                }
+            ],
+            "threads": [],
+            "members": [
+                {
+                    "user": self._user_object(bot.user_id, bot.name, bot=True),
+                    "roles": [],
+                    "joined_at": self._created,
+                    "deaf": False,
+                    "mute": False,
+                    "flags": 0,
+                }
+            ],
+            "voice_states": voice_states,
+            "presences": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+        }
+
+    def _update_voice_state(self, conn: _GatewayConn, d: Any) -> None:
+        assert conn.bot is not None
+        guild_id = str(d["guild_id"])
+        if guild_id != self._voice.guild_id:
+            self._counters["gateway_unknown_guild"] += 1
+            logger.warning("op 4 for an unknown guild ignored")
+            return
+        channel = d.get("channel_id")
+        user_id = conn.bot.user_id
+        if channel is None:
+            self.leave(user_id)
+            return
+        channel_id = str(channel)
+        previous = self._voice_channel.get(user_id)
+        self._join(conn, channel_id)
+        if previous is not None and previous != channel_id:
+            # Moved to another channel: the old call's session is over.
+            self._voice.leave(user_id)
+
+    def _join(self, conn: _GatewayConn, channel_id: str, *, endpoint: bool = True) -> None:
+        assert conn.bot is not None
+        user_id = conn.bot.user_id
+        self._voice_channel[user_id] = channel_id
+        _, token = self._voice.mint(user_id, channel_id, conn.session_id)
+        self._broadcast_voice_state(
+            self._voice_state(user_id, channel_id, conn.session_id, bot=True)
+        )
+        self._dispatch(
+            conn,
+            "VOICE_SERVER_UPDATE",
+            {
+                "token": token,
+                "guild_id": self._voice.guild_id,
+                "endpoint": self.voice_endpoint if endpoint else None,
+            },
+        )
+
+    # -- triggers (what Discord does by itself) ---------------------------------------------
+
+    def leave(self, user_id: str) -> None:
+        """The user leaves voice: its voice session ends (4014) and bots see a null channel."""
+        self._voice.leave(user_id)
+        self._voice.revoke_tokens(user_id)
+        conn = self._conns.get(user_id)
+        if self._voice_channel.pop(user_id, None) is not None and conn is not None:
+            self._broadcast_voice_state(self._voice_state(user_id, None, conn.session_id, bot=True))
+
+    def move(self, user_id: str, channel_id: str | None = None) -> bool:
+        """Move a bot (new token; maybe a new channel); its old voice session ends with 4014.
+
+        Returns:
+            Whether the bot is connected to the gateway and in a voice channel.
+        """
+        conn = self._conns.get(user_id)
+        current = self._voice_channel.get(user_id)
+        if conn is None or current is None:
+            return False
+        self._voice.revoke_tokens(user_id)
+        self._join(conn, channel_id or current)
+        self._voice.leave(user_id)
+        return True
+
+    def server_update(self, user_id: str, *, endpoint: bool = True) -> bool:
+        """Send a bot a fresh ``VOICE_SERVER_UPDATE`` (new token), or one with a null endpoint.
+
+        Returns:
+            Whether the bot is connected to the gateway and in a voice channel.
+        """
+        conn = self._conns.get(user_id)
+        current = self._voice_channel.get(user_id)
+        if conn is None or current is None:
+            return False
+        if not endpoint:
+            self._voice.revoke_tokens(user_id)
+            self._dispatch(
+                conn,
+                "VOICE_SERVER_UPDATE",
+                {
+                    "token": secrets.token_hex(16),
+                    "guild_id": self._voice.guild_id,
+                    "endpoint": None,
+                },
+            )
+            return True
+        _, token = self._voice.mint(user_id, current, conn.session_id)
+        self._dispatch(
+            conn,
+            "VOICE_SERVER_UPDATE",
+            {"token": token, "guild_id": self._voice.guild_id, "endpoint": self.voice_endpoint},
+        )
+        return True
+
+    def on_voice_state(self, p: Participant, joined: bool) -> None:
+        """Tell bots about users that did not join through this gateway (speakers, raw clients)."""
+        if self._voice_channel.get(p.user_id) is not None or self.is_bot(p.user_id):
+            return
+        channel = p.channel_id if joined else None
+        self._broadcast_voice_state(self._voice_state(p.user_id, channel, p.session_id, bot=False))
+
+
+def check_gateway_request(ws: ServerConnection, request: Request) -> Response | None:
+    """Refuse encodings and compression the stub does not speak (only JSON, uncompressed)."""
+    query = parse_qs(urlsplit(request.path).query)
+    if query.get("encoding", ["json"])[0] != "json" or "compress" in query:
+        return ws.respond(HTTPStatus.BAD_REQUEST, "the sandbox gateway speaks encoding=json only\n")
+    return None

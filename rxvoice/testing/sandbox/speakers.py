@@ -1,0 +1,412 @@
+"""Simulated speakers: users inside the sandbox that join and talk like real clients.
+
+A :class:`Speaker` is a voice client without a WebSocket: it is attached to the
+voice gateway through the same handlers a WebSocket client uses (an in-memory
+:class:`~rxvoice.testing.sandbox.links.MemoryLink`), so it appears in the roster
+(op 11 / op 13), announces itself with op 5, and runs DAVE with its own
+``davey.DaveSession`` (key packages, commits, welcomes, transitions), as
+discord.js does. Its media goes through a real UDP socket to the relay, so the
+relay treats it like anyone's.
+
+It sends real Opus (encoded with :class:`rxvoice.audio.opus.OpusEncoder`) of
+a sine tone at its own frequency, at 20 ms pacing on the event loop clock,
+DAVE-encrypted once its group is ready (plain before, as real clients do) and
+transport-encrypted. Every Opus payload it sends is recorded in
+:attr:`Speaker.sent`, so a test can check bit-exact delivery, and the tone
+tells the speakers apart after decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import davey
+import numpy as np
+
+from rxvoice.audio.opus import CHANNELS, SAMPLE_RATE, SAMPLES_PER_FRAME, OpusEncoder
+from rxvoice.errors import MalformedMessage, MalformedPacket
+from rxvoice.protocol import gateway as gw
+from rxvoice.protocol.closecodes import ClosePolicy, close_policy
+from rxvoice.protocol.crypto import RtpCrypto, choose_mode
+from rxvoice.protocol.ipdiscovery import IpDiscoveryRequest, IpDiscoveryResponse
+from rxvoice.protocol.rtp import SILENCE_FRAME
+from rxvoice.testing.sandbox.links import Close, MemoryLink
+from rxvoice.testing.sandbox.voice import VoiceServer, _Conn
+
+__all__ = ["SentFrame", "Speaker", "tone"]
+
+logger = logging.getLogger(__name__)
+
+FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE
+_AMPLITUDE = 0.3 * 32767
+
+
+def tone(frequency: float, index: int) -> np.ndarray:
+    """The ``index``-th 20 ms stereo int16 frame of a continuous sine at ``frequency`` Hz."""
+    t = (index * SAMPLES_PER_FRAME + np.arange(SAMPLES_PER_FRAME)) / SAMPLE_RATE
+    mono = (_AMPLITUDE * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
+    return np.repeat(mono[:, None], CHANNELS, axis=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SentFrame:
+    """One packet a speaker sent.
+
+    Attributes:
+        sequence: Its RTP sequence number.
+        timestamp: Its RTP timestamp.
+        opus: The Opus payload before DAVE (the silence frame for pauses).
+        dave: Whether it went out DAVE-encrypted.
+    """
+
+    sequence: int
+    timestamp: int
+    opus: bytes
+    dave: bool
+
+
+class _SpeakerUdp(asyncio.DatagramProtocol):
+    def __init__(self, on_discovery: Callable[[IpDiscoveryResponse], None]) -> None:
+        self._on_discovery = on_discovery
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
+        if len(data) == 74 and data[:2] == b"\x00\x02":
+            with contextlib.suppress(MalformedPacket):
+                self._on_discovery(IpDiscoveryResponse.parse(data))
+        # Other people's media is not this speaker's business.
+
+
+class Speaker:
+    """A simulated user in a call.
+
+    Create speakers with :meth:`rxvoice.testing.sandbox.Sandbox.add_speaker`.
+
+    Attributes:
+        user_id: The speaker's user id.
+        frequency: Its tone, in Hz.
+        sent: Every packet sent, in order.
+    """
+
+    def __init__(
+        self,
+        server: VoiceServer,
+        *,
+        user_id: str,
+        channel_id: str,
+        frequency: float,
+        dave: bool,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._server = server
+        self.user_id = user_id
+        self.channel_id = channel_id
+        self.frequency = frequency
+        self._max_dave = davey.DAVE_PROTOCOL_VERSION if dave else 0
+        self._on_change = on_change
+        self.sent: list[SentFrame] = []
+        self._session_id, self._token = server.mint(user_id, channel_id)
+        self._loop = asyncio.get_running_loop()
+        self._link = MemoryLink()
+        self._conn: _Conn | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._discovered: asyncio.Future[IpDiscoveryResponse] = self._loop.create_future()
+        self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._rtp: RtpCrypto | None = None
+        self._ssrc = 0
+        self._seq_ack = -1
+        self._speaking = False
+        self._frame_index = 0
+        self._encoder: OpusEncoder | None = None
+        self.closed = False
+        # DAVE state, as discord.js keeps it.
+        self._dave: davey.DaveSession | None = None
+        self.protocol_version = 0
+        self._pending: dict[int, int] = {}  # transition id -> protocol version
+        self._downgraded = False
+        self._reinitializing = False
+        self._recognised: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"Speaker(user_id={self.user_id!r}, frequency={self.frequency})"
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def ssrc(self) -> int:
+        """The SSRC from Ready (0 before)."""
+        return self._ssrc
+
+    @property
+    def dave_ready(self) -> bool:
+        """Whether the speaker's frames are DAVE-encrypted now."""
+        return self.protocol_version > 0 and self._dave is not None and self._dave.ready
+
+    @property
+    def epoch(self) -> int | None:
+        """The speaker's MLS epoch, ``None`` without a group."""
+        return None if self._dave is None else self._dave.epoch
+
+    # -- joining ----------------------------------------------------------------------------
+
+    async def join(self, timeout: float = 10.0) -> None:
+        """Identify, do IP discovery and select the protocol; return once op 4 arrived."""
+        self._udp, _ = await self._loop.create_datagram_endpoint(
+            lambda: _SpeakerUdp(self._on_discovery),
+            remote_addr=(self._server.media_ip, self._server.media_port),
+        )
+        self._conn = self._server.open(self._link)
+        self._reader = self._loop.create_task(self._read(), name=f"speaker-{self.user_id}")
+        self._send(
+            gw.Identify(
+                server_id=self._server.guild_id,
+                user_id=self.user_id,
+                session_id=self._session_id,
+                token=self._token,
+                max_dave_protocol_version=self._max_dave,
+            )
+        )
+        await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+
+    def _on_discovery(self, response: IpDiscoveryResponse) -> None:
+        if not self._discovered.done():
+            self._discovered.set_result(response)
+
+    def _send(self, message: gw.GatewayMessage) -> None:
+        if self._conn is not None and not self.closed:
+            self._server.receive(self._conn, gw.serialize(message))
+
+    async def _read(self) -> None:
+        while True:
+            item = await self._link.inbox.get()
+            if isinstance(item, Close):
+                await self._closed(item.code)
+                if self.closed:
+                    return
+                continue
+            try:
+                envelope = gw.parse(item, from_server=True)
+            except MalformedMessage:
+                logger.warning("speaker %s got a malformed frame", self.user_id)
+                continue
+            if envelope.seq is not None:
+                self._seq_ack = envelope.seq
+            try:
+                await self._handle(envelope.message)
+            except Exception:
+                logger.exception("speaker %s failed on op %s", self.user_id, envelope.message.op)
+            self._on_change()
+
+    async def _closed(self, code: int | None) -> None:
+        if close_policy(code) is ClosePolicy.RESUME and self._ready.done():
+            logger.info("speaker %s resumes after close %s", self.user_id, code)
+            self._link = MemoryLink()
+            self._conn = self._server.open(self._link)
+            self._send(
+                gw.Resume(
+                    server_id=self._server.guild_id,
+                    session_id=self._session_id,
+                    token=self._token,
+                    seq_ack=self._seq_ack,
+                )
+            )
+            return
+        logger.info("speaker %s disconnected (%s)", self.user_id, code)
+        self._shutdown()
+
+    async def _handle(self, m: gw.GatewayMessage) -> None:
+        if isinstance(m, gw.Ready):
+            self._ssrc = m.ssrc
+            assert self._udp is not None
+            self._udp.sendto(IpDiscoveryRequest(m.ssrc).serialize())
+            found = await asyncio.wait_for(self._discovered, 10.0)
+            self._send(gw.SelectProtocol(found.address, found.port, choose_mode(m.modes).value))
+        elif isinstance(m, gw.SessionDescription):
+            self._rtp = RtpCrypto(choose_mode([m.mode]), m.secret_key, self._ssrc)
+            self.protocol_version = m.dave_protocol_version
+            self._reinit()
+            if not self._ready.done():
+                self._ready.set_result(None)
+        elif isinstance(m, gw.ClientsConnect):
+            self._recognised.update(int(u) for u in m.user_ids)
+        elif isinstance(m, gw.ClientDisconnect):
+            self._recognised.discard(int(m.user_id))
+        elif isinstance(m, gw.Resumed):
+            self._speaking = False
+        else:
+            self._handle_dave(m)
+
+    # -- DAVE (the client side, after discord.js's DAVESession) -----------------------------
+
+    def _reinit(self) -> None:
+        if self.protocol_version > 0:
+            if self._dave is None:
+                self._dave = davey.DaveSession(
+                    self.protocol_version, int(self.user_id), int(self.channel_id)
+                )
+            else:
+                self._dave.reinit(self.protocol_version, int(self.user_id), int(self.channel_id))
+            self._send(gw.DaveMlsKeyPackage(self._dave.get_serialized_key_package()))
+        elif self._dave is not None:
+            self._dave.reset()
+            self._dave.set_passthrough_mode(True, 10)
+
+    def _handle_dave(self, m: gw.GatewayMessage) -> None:
+        session = self._dave
+        if isinstance(m, gw.DavePrepareTransition):
+            self._pending[m.transition_id] = m.protocol_version
+            if m.transition_id == 0:
+                self._execute(0)
+            else:
+                if m.protocol_version == 0 and session is not None:
+                    session.set_passthrough_mode(True, 24)
+                self._send(gw.DaveTransitionReady(m.transition_id))
+        elif isinstance(m, gw.DaveExecuteTransition):
+            self._execute(m.transition_id)
+        elif isinstance(m, gw.DavePrepareEpoch):
+            if m.epoch == 1:
+                self.protocol_version = m.protocol_version
+                self._reinit()
+        elif session is None:
+            return
+        elif isinstance(m, gw.DaveMlsExternalSender):
+            session.set_external_sender(m.payload)
+        elif isinstance(m, gw.DaveMlsProposals):
+            kind = (
+                davey.ProposalsOperationType.append
+                if m.operation == gw.ProposalsOperation.APPEND
+                else davey.ProposalsOperationType.revoke
+            )
+            try:
+                result = session.process_proposals(kind, m.payload, sorted(self._recognised))
+            except ValueError as exc:
+                logger.warning("speaker %s refused proposals: %s", self.user_id, exc)
+                return
+            if result is not None:
+                self._send(gw.DaveMlsCommitWelcome(result.commit + (result.welcome or b"")))
+        elif isinstance(m, gw.DaveMlsAnnounceCommitTransition | gw.DaveMlsWelcome):
+            try:
+                if isinstance(m, gw.DaveMlsWelcome):
+                    session.process_welcome(m.welcome)
+                else:
+                    session.process_commit(m.commit)
+            except ValueError as exc:
+                logger.warning(
+                    "speaker %s: transition %d invalid: %s", self.user_id, m.transition_id, exc
+                )
+                self._recover(m.transition_id)
+                return
+            self._reinitializing = False
+            if m.transition_id:
+                self._pending[m.transition_id] = self.protocol_version
+                self._send(gw.DaveTransitionReady(m.transition_id))
+
+    def _execute(self, transition_id: int) -> None:
+        version = self._pending.pop(transition_id, None)
+        if version is None:
+            return
+        if version == 0 and self.protocol_version != 0:
+            self._downgraded = True
+        elif transition_id > 0 and self._downgraded and self._dave is not None:
+            self._downgraded = False
+            self._dave.set_passthrough_mode(True, 10)
+        self.protocol_version = version
+
+    def _recover(self, transition_id: int) -> None:
+        if self._reinitializing:
+            return
+        self._reinitializing = True
+        self._send(gw.DaveMlsInvalidCommitWelcome(transition_id))
+        self._reinit()
+
+    # -- media ------------------------------------------------------------------------------
+
+    def _packet(self, opus: bytes) -> None:
+        rtp, udp = self._rtp, self._udp
+        if rtp is None or udp is None or udp.is_closing():
+            return
+        payload = opus
+        dave = False
+        if opus != SILENCE_FRAME and self.dave_ready:
+            assert self._dave is not None
+            try:
+                payload = self._dave.encrypt_opus(opus)
+                dave = True
+            except ValueError as exc:  # e.g. mid-transition; send it plain, as discord.js
+                logger.debug("speaker %s: DAVE encrypt failed: %s", self.user_id, exc)
+        self.sent.append(SentFrame(rtp.sequence, rtp.timestamp, opus, dave))
+        udp.sendto(rtp.seal_opus(payload))
+
+    def _set_speaking(self, speaking: bool) -> None:
+        if speaking != self._speaking:
+            self._speaking = speaking
+            self._send(gw.Speaking(speaking=1 if speaking else 0, ssrc=self._ssrc, delay=0))
+
+    async def _paced(self, frames: int, make: Callable[[], bytes]) -> None:
+        start = self._loop.time()
+        for i in range(frames):
+            if self.closed:
+                return
+            self._packet(make())
+            # Pacing on the loop clock: frame i+1 is due 20 ms after frame i.
+            delay = start + (i + 1) * FRAME_SECONDS - self._loop.time()
+            await asyncio.sleep(max(0.0, delay))
+
+    async def talk(self, frames: int) -> None:
+        """Send ``frames`` Opus frames of the tone (op 5 ``speaking: 1`` first)."""
+        if self._rtp is None or self.closed:
+            return
+        if self._encoder is None:
+            self._encoder = OpusEncoder()
+        encoder = self._encoder
+        self._set_speaking(True)
+
+        def next_frame() -> bytes:
+            pcm = tone(self.frequency, self._frame_index)
+            self._frame_index += 1
+            return encoder.encode(pcm)
+
+        await self._paced(frames, next_frame)
+
+    async def pause(self) -> None:
+        """Stop talking as clients do: five silence frames, then op 5 ``speaking: 0``."""
+        if self._rtp is None or self.closed or not self._speaking:
+            return
+        await self._paced(5, lambda: SILENCE_FRAME)
+        self._set_speaking(False)
+
+    async def run(self, talk_frames: int = 50, pause_seconds: float = 0.5) -> None:
+        """Talk and pause in turns until the speaker leaves (the sandbox's default script)."""
+        while not self.closed:
+            await self.talk(talk_frames)
+            await self.pause()
+            await asyncio.sleep(pause_seconds)  # a gap in the script, not a wait for an event
+
+    async def leave(self) -> None:
+        """Leave the call (as a main-gateway leave) and release the sockets."""
+        if not self.closed:
+            self._server.leave(self.user_id)
+        await self.aclose()
+
+    def _shutdown(self) -> None:
+        self.closed = True
+        if self._udp is not None:
+            self._udp.close()
+        if self._encoder is not None:
+            self._encoder.close()
+        if not self._ready.done():
+            self._ready.set_exception(ConnectionError("the speaker was disconnected"))
+            self._ready.exception()  # retrieved: nobody may be waiting any more
+
+    async def aclose(self) -> None:
+        """Stop the speaker's tasks (after :meth:`leave`, or at sandbox shutdown)."""
+        self._shutdown()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader

@@ -1,0 +1,169 @@
+"""The voice-gateway WebSocket: connect, move frames, heartbeat, close.
+
+This is the thin I/O shell around :mod:`websockets`; what the frames mean is
+decided by :mod:`rxvoice.protocol.gateway` and the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl as ssl_module
+from collections.abc import AsyncIterator, Callable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from rxvoice.errors import UsageError
+
+__all__ = ["WebSocketTransport"]
+
+logger = logging.getLogger(__name__)
+
+Frame = str | bytes
+
+
+class WebSocketTransport:
+    """One voice-gateway WebSocket connection at a time, with its heartbeat task.
+
+    After :meth:`frames` ends, :attr:`close_code` holds the code the server
+    closed with, or ``None`` when the connection dropped without a close frame.
+    """
+
+    def __init__(self) -> None:
+        self._ws: ClientConnection | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self.url: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a WebSocket is connected."""
+        return self._ws is not None
+
+    async def connect(
+        self, url: str, *, ssl: ssl_module.SSLContext | None = None, timeout: float = 10.0
+    ) -> None:
+        """Open the WebSocket.
+
+        Args:
+            url: ``wss://host:port/?v=8`` (``ws://`` for plain loopback servers).
+            ssl: The TLS context; ``None`` uses the system's trust store for ``wss``.
+            timeout: Seconds allowed for the TCP, TLS and HTTP handshakes.
+
+        Raises:
+            UsageError: If a WebSocket is already open.
+            OSError: If the connection or its handshake fails.
+        """
+        if self._ws is not None:
+            raise UsageError("voice WebSocket is already open")
+        self.close_code, self.close_reason, self.url = None, "", url
+        kwargs: dict[str, object] = {
+            "open_timeout": timeout,
+            "max_size": 1 << 20,
+            "compression": None,
+            # Heartbeating is the voice protocol's job (op 3), not WebSocket pings'.
+            "ping_interval": None,
+        }
+        if url.startswith("wss://"):
+            kwargs["ssl"] = ssl if ssl is not None else ssl_module.create_default_context()
+        try:
+            self._ws = await connect(url, **kwargs)  # type: ignore[arg-type]
+        except (InvalidHandshake, InvalidURI) as exc:
+            raise OSError(f"voice WebSocket handshake failed: {exc}") from exc
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """Yield received frames (``str`` for text, ``bytes`` for binary) until the close."""
+        ws = self._ws
+        if ws is None:
+            raise UsageError("voice WebSocket is not open")
+        try:
+            async for frame in ws:
+                yield frame
+        except ConnectionClosed:
+            pass
+        finally:
+            if ws is self._ws:
+                received = ws.protocol.close_rcvd
+                self.close_code = received.code if received is not None else None
+                self.close_reason = received.reason if received is not None else ""
+                self._release()
+
+    async def send(self, frame: Frame) -> None:
+        """Send one frame; a connection that is closing drops it silently.
+
+        Raises:
+            UsageError: If no WebSocket is open.
+        """
+        ws = self._ws
+        if ws is None:
+            raise UsageError("voice WebSocket is not open")
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(frame)
+
+    def start_heartbeat(self, interval: float, beat: Callable[[], Frame | None]) -> None:
+        """Call ``beat`` every ``interval`` seconds and send what it returns.
+
+        ``beat`` returns ``None`` to send nothing this time (it may close the
+        connection itself, e.g. after missed ACKs).
+        """
+        self.stop_heartbeat()
+        self._heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat_loop(interval, beat), name="rxvoice-heartbeat"
+        )
+
+    def stop_heartbeat(self) -> None:
+        """Stop the heartbeat task."""
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the WebSocket gracefully (sends a close frame, waits briefly)."""
+        ws = self._ws
+        self._release()
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(code, reason), 2.0)
+            ws.transport.abort()
+
+    def abort(self, code: int | None = None) -> None:
+        """Drop the connection now. Synchronous: safe where nothing may be awaited.
+
+        Args:
+            code: When given, a close frame with this code is queued first (written
+                without waiting for the server's reply); otherwise the TCP
+                connection is simply dropped.
+        """
+        ws = self._ws
+        self._release()
+        if ws is None:
+            return
+        if code is None:
+            ws.transport.abort()
+            return
+        try:
+            ws.protocol.send_close(code)
+            ws.send_data()
+        except Exception:
+            ws.transport.abort()
+        else:
+            ws.transport.close()
+
+    def _release(self) -> None:
+        self.stop_heartbeat()
+        self._ws = None
+
+    async def _heartbeat_loop(self, interval: float, beat: Callable[[], Frame | None]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            frame = beat()
+            ws = self._ws
+            if frame is None or ws is None:
+                continue
+            try:
+                await ws.send(frame)
+            except ConnectionClosed:
+                return
