@@ -335,6 +335,7 @@ class Connection:
 
     def on_user_audio(self, user_id: str) -> Observable[AudioFrame]:
         """Shorthand: :attr:`on_audio_frame` filtered to one user."""
+
         def mine(frame: AudioFrame) -> bool:
             return frame.user_id == user_id
 
