@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as ssl_module
-from collections.abc import AsyncIterable, Iterable
+from collections import deque
+from collections.abc import AsyncIterable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ from rxvoice.events import (
 from rxvoice.protocol.closecodes import ClosePolicy, close_policy, describe_close
 from rxvoice.protocol.crypto import EncryptionMode, RtpCrypto, choose_mode
 from rxvoice.protocol.dave import DAVE_PROTOCOL_VERSION, DaveManager
+from rxvoice.protocol.daveframe import is_dave_frame
 from rxvoice.protocol.gateway import (
     ClientDisconnect as ClientDisconnectMessage,
 )
@@ -88,6 +90,11 @@ T = TypeVar("T")
 FRAME_DURATION = 0.020
 SAMPLES_PER_FRAME = 960
 SILENCE_FRAMES_ON_STOP = 5
+# How long, and how many, frames that failed DAVE decryption are kept for a
+# retry once the commit that explains them is processed (a sender may switch
+# keys before our copy of the commit arrives, e.g. across a resume).
+RETRY_WINDOW = 2.0
+RETRY_LIMIT = 256
 
 
 @dataclass(slots=True)
@@ -196,6 +203,9 @@ class Connection:
         self.dave: DaveManager | None = None
         self.jitters: dict[int, JitterBuffer[AudioFrame]] = {}
         self.ssrcs: SsrcMap[bytes] = SsrcMap(hold_time=unmapped_hold)
+        self.users: set[str] = set()  # who else is in the call (op 11 / op 13)
+        # Frames that failed DAVE decryption, kept to retry after the next transition.
+        self._undecrypted: deque[tuple[float, str, int, bytes]] = deque()
         self.stats = ConnectionStats()
 
         self._session: VoiceSession | None = None
@@ -698,6 +708,8 @@ class Connection:
         self.rtp = None
         self.jitters.clear()
         self.ssrcs.clear()
+        self.users.clear()
+        self._undecrypted.clear()
         self._speaking = SpeakingFlags.NONE
         if self._timer is not None:
             self._timer.cancel()
@@ -739,11 +751,13 @@ class Connection:
                 self._map_ssrc(ssrc, user_id, now)
                 self._emit(self._on_speaking, SpeakingEvent(user_id, ssrc, SpeakingFlags(flags)))
             case ClientsConnect(user_ids=user_ids):
+                self.users.update(user_ids)
                 if self.dave is not None:
                     self.dave.add_users(user_ids)
                 for user_id in user_ids:
                     self._emit(self._on_client_connect, ClientConnect(user_id))
             case ClientDisconnectMessage(user_id=user_id):
+                self.users.discard(user_id)
                 if self.dave is not None:
                     self.dave.remove_user(user_id)
                 for ssrc in self.ssrcs.ssrcs_of(user_id):
@@ -797,8 +811,13 @@ class Connection:
             max_protocol_version=self.max_dave_protocol_version,
             failure_tolerance=self.dave_failure_tolerance,
         )
+        # op 11 may have come before op 4: these users' proposals are expected.
+        self.dave.add_users(self.users)
         self.dave.start(description.dave_protocol_version, now)
         session.resumable = True
+        # Register our SSRC now, as discord.py does: receivers can then map it
+        # before our first packet, and the server never sees audio before op 5.
+        self._spawn(self.send(Speaking(speaking=0, ssrc=session.ssrc, delay=0)))
         self._became_ready(new_session=True)
 
     def _became_ready(self, *, new_session: bool) -> None:
@@ -817,17 +836,24 @@ class Connection:
         dave = self.dave
         if dave is None:
             return
+        epoch = dave.epoch
         out = dave.poll()
         for message in out.send:
             await self.send(message)
         for transition in out.transitions:
             self._emit(self._on_dave_epoch_transition, transition)
+        if self._undecrypted and (out.transitions or dave.epoch != epoch):
+            self._retry_undecrypted(asyncio.get_running_loop().time())
+            self._schedule_timer()
 
     def _flush_dave_soon(self) -> None:
         """Send what DAVE queued from the receive path (op 31 recovery) without blocking it."""
-        if self.dave is None or not self.web_socket.is_open:
-            return
-        task = asyncio.get_running_loop().create_task(self._flush_dave())
+        if self.dave is not None and self.web_socket.is_open:
+            self._spawn(self._flush_dave())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task owned by the connection (cancelled by force_close)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -868,6 +894,10 @@ class Connection:
                 ssrcs.hold(header.ssrc, frame, now)
                 continue
             self._deliver(user_id, header.ssrc, frame, now)
+        held = self._undecrypted
+        while held and held[0][0] < now - RETRY_WINDOW:
+            _, user_id, ssrc, _ = held.popleft()
+            self._dave_failed(user_id, ssrc)
         if dave.stats.recoveries != failures_before:
             self._flush_dave_soon()
         self._schedule_timer()
@@ -883,12 +913,24 @@ class Connection:
         else:
             opus = None
         if opus is None:
-            self.stats.dave_failures += 1
-            self._diagnose(
-                "dave_decrypt_failed", "frame could not be DAVE-decrypted", ssrc, user_id
-            )
+            if user_id is not None and is_dave_frame(payload):
+                # Perhaps the sender already uses keys of a commit we have not
+                # processed yet: retry once the next transition lands.
+                held = self._undecrypted
+                if len(held) == RETRY_LIMIT:
+                    _, old_user, old_ssrc, _ = held.popleft()
+                    self._dave_failed(old_user, old_ssrc)
+                held.append((now, user_id, ssrc, frame))
+            else:
+                self._dave_failed(user_id, ssrc)
             return
-        audio = AudioFrame(user_id, ssrc, frame[:12] + opus, now)
+        self._accept(user_id, ssrc, frame[:12] + opus, now, now)
+
+    def _accept(
+        self, user_id: str | None, ssrc: int, frame: bytes, arrived: float, now: float
+    ) -> None:
+        """Emit a fully decrypted frame and pass it through its SSRC's jitter buffer."""
+        audio = AudioFrame(user_id, ssrc, frame, arrived)
         self._emit(self._on_raw_audio_frame, audio)
         jitter = self.jitters.get(ssrc)
         if jitter is None:
@@ -896,6 +938,22 @@ class Connection:
                 capacity=self.jitter_capacity, latency=self.jitter_latency
             )
         self._release(jitter.push(audio.sequence, audio.timestamp, audio, now))
+
+    def _dave_failed(self, user_id: str | None, ssrc: int) -> None:
+        self.stats.dave_failures += 1
+        self._diagnose("dave_decrypt_failed", "frame could not be DAVE-decrypted", ssrc, user_id)
+
+    def _retry_undecrypted(self, now: float) -> None:
+        """Retry frames that failed DAVE decryption before the latest transition."""
+        held = list(self._undecrypted)
+        self._undecrypted.clear()
+        dave = self.dave
+        for arrived, user_id, ssrc, frame in held:
+            opus = dave.decrypt(user_id, frame[12:], now) if dave is not None else None
+            if opus is None or now - arrived > RETRY_WINDOW:
+                self._dave_failed(user_id, ssrc)
+                continue
+            self._accept(user_id, ssrc, frame[:12] + opus, arrived, now)
 
     def _release(self, released: Iterable[Release[AudioFrame]]) -> None:
         # Gaps are not emitted here: on_audio_frame carries frames only, and a

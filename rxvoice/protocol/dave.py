@@ -20,8 +20,10 @@ Rules it follows (see protocol.md §5.7 and the whitepaper):
   user, then the session re-initialises (op 31 + a new key package); a failure
   never ends anything;
 - frames that are not DAVE frames pass through while DAVE is off, while a
-  downgrade is pending (``downgrade_passthrough`` seconds) and for
-  ``upgrade_passthrough`` seconds after an upgrade; silence frames always pass.
+  downgrade is pending (``downgrade_passthrough`` seconds), and for
+  ``upgrade_passthrough`` seconds after an upgrade or after joining our first
+  group (members without a group send plain frames, and some are in flight);
+  silence frames always pass.
 """
 
 from __future__ import annotations
@@ -289,6 +291,7 @@ class DaveManager:
     def _process_mls(self, tid: int, data: bytes, *, welcome: bool, now: float) -> None:
         if self.session is None:
             return
+        was_ready = self.session.ready
         try:
             if welcome:
                 self.session.process_welcome(data)
@@ -305,6 +308,10 @@ class DaveManager:
             self._recover(tid)
             return
         self._consecutive_failures.clear()
+        if not was_ready:
+            # Our first group: until now everyone sent plain frames (a member
+            # without a group does), and some are still in flight.
+            self._passthrough_until = max(self._passthrough_until, now + self.upgrade_passthrough)
         self._pending[tid] = self.protocol_version or self.max_protocol_version
         if tid == 0:
             self._execute_transition(0, now)

@@ -184,7 +184,10 @@ def test_silence_always_passes_and_plain_frames_only_in_passthrough():
     a = call.managers[A]
     assert a.decrypt(B, SILENCE_FRAME, call.now) == SILENCE_FRAME
     assert a.encrypt(SILENCE_FRAME) == SILENCE_FRAME
-    # With the group established (and no passthrough window), plain frames are refused.
+    # Plain frames still in flight from before our first group pass for 10 s...
+    assert a.decrypt(B, OPUS, call.now) == OPUS
+    # ...and are refused after that.
+    call.tick(11.0)
     assert a.decrypt(B, OPUS, call.now) is None
 
 

@@ -1,0 +1,313 @@
+"""rxvoice.Connection end to end against the sandbox: real sockets on loopback, DAVE on."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+
+import pytest
+
+from rxvoice.connection import Connection
+from rxvoice.errors import ConnectionClosed, DaveRequired, ReconnectInProgress, UsageError
+from rxvoice.events import AudioFrame, ConnectionState, Disconnected, SpeakingFlags
+from rxvoice.protocol.gateway import Resumed
+from rxvoice.protocol.rtp import SILENCE_FRAME
+from rxvoice.testing.sandbox import Sandbox
+
+from .conftest import Join
+from .helpers import Recorder, count
+
+
+def payloads_of(frames: list[AudioFrame], user_id: str) -> dict[int, bytes]:
+    return {f.sequence: f.opus for f in frames if f.user_id == user_id}
+
+
+async def test_two_connections_and_speakers_exchange_audio_bit_exact(
+    sandbox: Sandbox, join: Join
+) -> None:
+    speaker = await sandbox.add_speaker(talk=False)
+    alice = await join()
+    bob = await join()
+    got_alice = Recorder(alice.on_audio_frame)
+    got_bob = Recorder(bob.on_audio_frame)
+    transitions = Recorder(bob.on_dave_epoch_transition)
+    await sandbox.wait_for(lambda: (d := sandbox.dave()) is not None and len(d.members) == 3)
+    await transitions.wait_for(lambda ts: any(len(t.members) == 3 for t in ts))
+    assert alice.dave is not None and bob.dave is not None
+    assert alice.dave.ready and bob.dave.ready
+    assert alice.dave.epoch == bob.dave.epoch
+    assert alice.dave.privacy_code == bob.dave.privacy_code
+
+    # Alice sends; bob receives every payload bit-exact and attributed to alice.
+    sent = [bytes([0xFC, i, 0xAA, 0x55]) + bytes(range(i % 50)) for i in range(60)]
+    talking = asyncio.gather(alice.play_opus(sent), speaker.talk(60))
+    await talking
+    assert alice.user_id is not None
+    await got_bob.wait_for(lambda fs: len(payloads_of(fs, alice.user_id)) >= 65)  # + 5 silence
+    received = [f for f in got_bob.items if f.user_id == alice.user_id]
+    assert [f.opus for f in received] == [*sent, *[SILENCE_FRAME] * 5]
+    assert all(f.ssrc == alice.ssrc for f in received)
+    # The speaker's frames reach both, bit-exact, in order.
+    expected = {f.sequence: f.opus for f in speaker.sent}
+    for rec in (got_alice, got_bob):
+        await rec.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= len(expected))
+        assert payloads_of(rec.items, speaker.user_id) == expected
+    assert bob.stats.dave_failures == 0
+    assert bob.dave.stats.decrypted >= 60
+
+
+async def test_audio_flows_across_epochs_when_members_join_and_leave(
+    sandbox: Sandbox, join: Join
+) -> None:
+    talker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    frames = Recorder(conn.on_audio_frame)
+    epochs = Recorder(conn.on_dave_epoch_transition)
+    await epochs.wait_for(count(1))
+    talking = asyncio.ensure_future(talker.talk(150))  # 3 s of audio
+    await frames.wait_for(count(10))
+    joiner = await sandbox.add_speaker(talk=False)
+    await epochs.wait_for(lambda ts: any(joiner.user_id in t.members for t in ts))
+    await sandbox.remove_speaker(joiner)
+    await epochs.wait_for(lambda ts: joiner.user_id not in ts[-1].members)
+    await talking
+    await frames.wait_for(lambda fs: len(payloads_of(fs, talker.user_id)) >= len(talker.sent))
+    # Nothing lost across two epoch changes: DAVE keeps the previous keys for
+    # frames in flight, so the tolerance window is never needed on loopback.
+    assert payloads_of(frames.items, talker.user_id) == {f.sequence: f.opus for f in talker.sent}
+    assert len({t.epoch for t in epochs.items}) >= 3
+    assert conn.stats.dave_failures == 0
+
+
+async def test_resume_replays_what_was_missed_and_audio_continues(
+    sandbox: Sandbox, join: Join
+) -> None:
+    leaver = await sandbox.add_speaker(talk=False)
+    talker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    assert conn.user_id is not None
+    left = Recorder(conn.on_client_disconnect)
+    frames = Recorder(conn.on_audio_frame)
+    raw = Recorder(conn.on_raw_message)
+    closes = Recorder(conn.on_disconnected)
+    # While our WebSocket is down, the leaver leaves: the server buffers op 13.
+    conn.on_disconnected.subscribe(lambda _: sandbox.leave(leaver.user_id))
+    talking = asyncio.ensure_future(talker.talk(100))
+    await frames.wait_for(count(10))
+    assert sandbox.force_close(conn.user_id, 4015)
+    await raw.wait_for(lambda ms: any(isinstance(m, Resumed) for m in ms))
+    await left.wait_for(count(1))
+    assert left.items[0].user_id == leaver.user_id
+    assert closes.items == [Disconnected(4015, True, closes.items[0].reason)]
+    assert conn.stats.resumes == 1
+    assert conn.current_state is ConnectionState.READY
+    await talking
+    await frames.wait_for(lambda fs: len(payloads_of(fs, talker.user_id)) >= 100)
+    assert payloads_of(frames.items, talker.user_id) == {f.sequence: f.opus for f in talker.sent}
+
+
+async def test_abrupt_drop_resumes(sandbox: Sandbox, join: Join) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    raw = Recorder(conn.on_raw_message)
+    closes = Recorder(conn.on_disconnected)
+    sandbox.force_close(conn.user_id, None)
+    await raw.wait_for(lambda ms: any(isinstance(m, Resumed) for m in ms))
+    assert closes.items[0].code is None and closes.items[0].will_reconnect
+
+
+@pytest.mark.sandbox(heartbeat_interval=100.0)
+async def test_missed_heartbeat_acks_are_detected_and_the_session_resumes(
+    sandbox: Sandbox, join: Join
+) -> None:
+    conn = await join(max_missed_heartbeats=2)
+    beats = Recorder(conn.on_heartbeat)
+    await beats.wait_for(count(1))
+    raw = Recorder(conn.on_raw_message)
+    closes = Recorder(conn.on_disconnected)
+    sandbox.set_faults(drop_heartbeat_acks=1.0)
+    await closes.wait_for(count(1))
+    assert closes.items[0].will_reconnect
+    assert "heartbeat" in closes.items[0].reason
+    sandbox.set_faults(drop_heartbeat_acks=0.0)
+    await raw.wait_for(lambda ms: any(isinstance(m, Resumed) for m in ms))
+    await beats.wait_for(count(len(beats.items) + 1))
+
+
+async def test_session_no_longer_valid_starts_a_new_session(sandbox: Sandbox, join: Join) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    readies = Recorder(conn.on_ready)
+    closes = Recorder(conn.on_disconnected)
+    first_ssrc = conn.ssrc
+    sandbox.force_close(conn.user_id, 4006)
+    await readies.wait_for(count(1))
+    assert closes.items[0].code == 4006 and closes.items[0].will_reconnect
+    assert conn.current_state is ConnectionState.READY
+    assert conn.ssrc != first_ssrc  # a new session: new SSRC, key and DAVE group
+    assert conn.stats.reconnects == 1
+
+
+@pytest.mark.parametrize("code", [4014, 4021, 4022])
+async def test_final_codes_end_cleanly(sandbox: Sandbox, join: Join, code: int) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    closes = Recorder(conn.on_disconnected)
+    states = Recorder(conn.state)
+    sandbox.force_close(conn.user_id, code)
+    await states.wait_for(lambda ss: ss[-1] is ConnectionState.CLOSED)
+    assert closes.items[-1].code == code
+    assert not closes.items[-1].will_reconnect
+    assert not conn.udp.is_open and not conn.web_socket.is_open
+
+
+@pytest.mark.sandbox(require_dave=True)
+async def test_dave_required_is_final_with_a_clear_error(join: Join) -> None:
+    with pytest.raises(DaveRequired, match="DAVE"):
+        await join(max_dave_protocol_version=0)
+
+
+@pytest.mark.sandbox(dave=False)
+async def test_transport_only_call_works(sandbox: Sandbox, join: Join) -> None:
+    speaker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    assert conn.dave is not None and conn.dave.protocol_version == 0
+    frames = Recorder(conn.on_audio_frame)
+    await speaker.talk(30)
+    await frames.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= 30)
+    assert payloads_of(frames.items, speaker.user_id) == {f.sequence: f.opus for f in speaker.sent}
+
+
+@pytest.mark.sandbox(modes=["aead_xchacha20_poly1305_rtpsize"])
+async def test_xchacha_fallback(sandbox: Sandbox, join: Join) -> None:
+    speaker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    assert conn.rtp is not None and conn.rtp.mode.value == "aead_xchacha20_poly1305_rtpsize"
+    frames = Recorder(conn.on_audio_frame)
+    await speaker.talk(20)
+    await frames.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= 20)
+
+
+async def test_bad_datagrams_are_counted_and_the_stream_survives(
+    sandbox: Sandbox, join: Join
+) -> None:
+    speaker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    frames = Recorder(conn.on_audio_frame)
+    diagnostics = Recorder(conn.on_diagnostic)
+    sandbox.set_faults(corrupt=0.2, truncate=0.1, garbage=0.2, seed=3)
+    await speaker.talk(100)
+    sandbox.set_faults(corrupt=0.0, truncate=0.0, garbage=0.0)
+    await speaker.talk(10)
+    await frames.wait_for(lambda fs: speaker.sent[-1].sequence in payloads_of(fs, speaker.user_id))
+    received = payloads_of(frames.items, speaker.user_id)
+    expected = {f.sequence: f.opus for f in speaker.sent}
+    assert received.items() <= expected.items()  # what arrives is right...
+    assert len(received) < len(expected)  # ...and what was broken was dropped, not delivered
+    assert conn.stats.undecryptable_packets > 0 and diagnostics.items
+    assert conn.current_state is ConnectionState.READY
+
+
+async def test_a_raising_subscriber_breaks_nothing(sandbox: Sandbox, join: Join) -> None:
+    speaker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+
+    def explode(_: AudioFrame) -> None:
+        raise RuntimeError("user bug")
+
+    conn.on_audio_frame.subscribe(explode)
+    frames = Recorder(conn.on_audio_frame)
+    await speaker.talk(20)
+    await frames.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= 20)
+
+
+async def test_speaking_events_and_roster(sandbox: Sandbox, join: Join) -> None:
+    conn = await join()
+    joined = Recorder(conn.on_client_connect)
+    speaking = Recorder(conn.on_speaking)
+    speaker = await sandbox.add_speaker(talk=False)
+    await joined.wait_for(lambda cs: any(c.user_id == speaker.user_id for c in cs))
+    await speaker.talk(3)
+    await speaking.wait_for(count(1))
+    event = speaking.items[0]
+    assert (event.user_id, event.ssrc) == (speaker.user_id, speaker.ssrc)
+    assert event.flags & SpeakingFlags.MICROPHONE
+
+
+async def test_concurrent_reconnect_is_rejected(join: Join) -> None:
+    conn = await join()
+    first = asyncio.ensure_future(conn.reconnect())
+    await asyncio.sleep(0)  # let the first one start
+    with pytest.raises(ReconnectInProgress):
+        await conn.reconnect()
+    await first
+    assert conn.current_state is ConnectionState.READY
+
+
+async def test_force_close_releases_every_task_and_socket(sandbox: Sandbox, join: Join) -> None:
+    speaker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    frames = Recorder(conn.on_audio_frame)
+    await speaker.talk(5)
+    await frames.wait_for(count(5))
+    udp_socket = conn.udp._sock
+    ws = conn.web_socket._ws
+    assert isinstance(udp_socket, socket.socket) and ws is not None
+    mine = {t for t in asyncio.all_tasks() if t.get_name().startswith("rxvoice-connection")}
+    assert mine
+
+    conn.force_close(4000)
+    await asyncio.sleep(0)  # one loop turn for cancellations to land
+    leftovers = [
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and (t in mine or t.get_name().startswith(("rxvoice-heartbeat",)))
+    ]
+    assert leftovers == []
+    assert udp_socket.fileno() == -1
+    assert ws.transport.is_closing()
+    assert conn.current_state is ConnectionState.CLOSED
+    assert conn.rtp is None and conn.dave is None and not conn.jitters
+    conn.force_close()  # idempotent
+    gc.collect()
+
+
+async def test_connect_after_force_close_starts_a_new_session(join: Join) -> None:
+    conn = await join()
+    first_ssrc = conn.ssrc
+    conn.force_close()
+    assert conn.ssrc is None
+    await conn.connect()
+    assert conn.current_state is ConnectionState.READY
+    assert conn.ssrc is not None and conn.ssrc != first_ssrc
+
+
+async def test_connect_without_credentials_or_shard_is_a_usage_error() -> None:
+    conn = Connection(guild_id="1", channel_id="2", user_id="3")
+    with pytest.raises(UsageError, match="shard"):
+        await conn.connect()
+    assert conn.current_state is ConnectionState.CLOSED
+
+
+async def test_connection_refused_is_final_after_the_retries(sandbox: Sandbox) -> None:
+    # Credentials pointing at a closed port: every attempt fails, then it gives up.
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    conn = Connection(
+        guild_id=sandbox.guild_id,
+        channel_id=sandbox.channel_id,
+        user_id="42",
+        session_id="s",
+        token="t",
+        endpoint=f"127.0.0.1:{port}",
+        ssl=sandbox.client_ssl(),
+        max_reconnect_attempts=2,
+    )
+    closes = Recorder(conn.on_disconnected)
+    with pytest.raises(ConnectionClosed):
+        await conn.connect()
+    assert [c.will_reconnect for c in closes.items] == [True, True, False]
+    assert "token" not in repr(conn) and "'t'" not in repr(conn)
