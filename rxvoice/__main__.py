@@ -21,7 +21,9 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (``sys.argv[1:]`` by default), run the command, return its exit code."""
-    parser = argparse.ArgumentParser(prog="rxvoice", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="rxvoice", description="rxvoice: Discord voice as reactive streams."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
     for name, (module_name, help_text) in _COMMANDS.items():

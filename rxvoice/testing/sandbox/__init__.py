@@ -432,8 +432,8 @@ class Sandbox:
 
     @property
     def speakers(self) -> list[Speaker]:
-        """The simulated speakers present, in join order."""
-        return list(self._speakers.values())
+        """The simulated speakers still in a call, in join order."""
+        return [s for s in self._speakers.values() if not s.closed]
 
     async def remove_speaker(self, speaker: Speaker | str) -> None:
         """Make a simulated speaker leave the call."""

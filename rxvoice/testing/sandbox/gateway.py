@@ -224,8 +224,11 @@ class MainGateway:
             self._handle(conn, message["op"], message.get("d"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self._counters["gateway_malformed"] += 1
-            logger.warning("malformed main-gateway op %s: %s", message["op"], exc)
+            logger.warning("malformed main-gateway op %s: %s", message["op"], type(exc).__name__)
             self._close(conn, _DECODE_ERROR, "Decode error")
+        except Exception:
+            self._counters["gateway_errors"] += 1
+            logger.exception("main gateway failed on op %s", message["op"])
         self._on_change()
 
     def _handle(self, conn: _GatewayConn, op: int, d: Any) -> None:
@@ -256,9 +259,7 @@ class MainGateway:
             return
         conn.bot = bot
         conn.session_id = secrets.token_hex(16)
-        old = self._conns.get(bot.user_id)
-        if old is not None:
-            self._close(old, 4000, "identified elsewhere")
+        # Several sessions per bot are allowed (shards); the newest gets the voice dispatches.
         self._conns[bot.user_id] = conn
         self._counters["gateway_identified"] += 1
         guild_id = self._voice.guild_id
@@ -399,8 +400,9 @@ class MainGateway:
         """The user leaves voice: its voice session ends (4014) and bots see a null channel."""
         self._voice.leave(user_id)
         self._voice.revoke_tokens(user_id)
+        self._voice_channel.pop(user_id, None)
         conn = self._conns.get(user_id)
-        if self._voice_channel.pop(user_id, None) is not None and conn is not None:
+        if conn is not None:
             self._broadcast_voice_state(self._voice_state(user_id, None, conn.session_id, bot=True))
 
     def move(self, user_id: str, channel_id: str | None = None) -> bool:

@@ -66,7 +66,7 @@ class Relay(asyncio.DatagramProtocol):
         extensions: Add a ``0xBEDE`` extension to every other relayed packet.
         rtcp_interval: Send an RTCP receiver report after this many relayed
             packets per recipient (0: never).
-        on_packet: Called after each accepted RTP packet (wakes waiters).
+        on_packet: Called after each datagram (wakes the sandbox's waiters).
     """
 
     def __init__(
@@ -122,6 +122,8 @@ class Relay(asyncio.DatagramProtocol):
         except Exception:
             self._counters["relay_errors"] += 1
             logger.exception("relay failed on a datagram")
+        if self._on_packet is not None:
+            self._on_packet()
 
     def _discovery(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -192,8 +194,6 @@ class Relay(asyncio.DatagramProtocol):
             self._counters["rtp_relayed"] += 1
             if self.rtcp_interval and recipient.packets_out % self.rtcp_interval == 0:
                 self._receiver_report(recipient, header.ssrc, header.sequence)
-        if self._on_packet is not None:
-            self._on_packet()
 
     def _receiver_report(self, recipient: Participant, source_ssrc: int, sequence: int) -> None:
         """Send an encrypted RTCP RR (rtpsize: the 8-byte header is the AAD, §4.5)."""

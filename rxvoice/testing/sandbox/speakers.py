@@ -11,7 +11,12 @@ relay treats it like anyone's.
 It sends real Opus (encoded with :class:`rxvoice.audio.opus.OpusEncoder`) of
 a sine tone at its own frequency, at 20 ms pacing on the event loop clock,
 DAVE-encrypted once its group is ready (plain before, as real clients do) and
-transport-encrypted. Every Opus payload it sends is recorded in
+transport-encrypted.
+
+Its DAVE logic follows discord.js's ``DAVESession`` on purpose rather than
+reusing rxvoice's :class:`~rxvoice.protocol.dave.DaveManager`: a speaker is a
+peer for rxvoice's client to be tested against, and a shared implementation
+would agree with itself on any mistake. Every Opus payload it sends is recorded in
 :attr:`Speaker.sent`, so a test can check bit-exact delivery, and the tone
 tells the speakers apart after decoding.
 """
@@ -35,7 +40,7 @@ from rxvoice.protocol.crypto import RtpCrypto, choose_mode
 from rxvoice.protocol.ipdiscovery import IpDiscoveryRequest, IpDiscoveryResponse
 from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.testing.sandbox.links import Close, MemoryLink
-from rxvoice.testing.sandbox.voice import VoiceServer, _Conn
+from rxvoice.testing.sandbox.voice import VoiceConnection, VoiceServer
 
 __all__ = ["SentFrame", "Speaker", "tone"]
 
@@ -111,7 +116,7 @@ class Speaker:
         self._session_id, self._token = server.mint(user_id, channel_id)
         self._loop = asyncio.get_running_loop()
         self._link = MemoryLink()
-        self._conn: _Conn | None = None
+        self._conn: VoiceConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._discovered: asyncio.Future[IpDiscoveryResponse] = self._loop.create_future()
@@ -184,7 +189,8 @@ class Speaker:
         while True:
             item = await self._link.inbox.get()
             if isinstance(item, Close):
-                await self._closed(item.code)
+                self._closed(item.code)
+                self._on_change()
                 if self.closed:
                     return
                 continue
@@ -201,7 +207,7 @@ class Speaker:
                 logger.exception("speaker %s failed on op %s", self.user_id, envelope.message.op)
             self._on_change()
 
-    async def _closed(self, code: int | None) -> None:
+    def _closed(self, code: int | None) -> None:
         if close_policy(code) is ClosePolicy.RESUME and self._ready.done():
             logger.info("speaker %s resumes after close %s", self.user_id, code)
             self._link = MemoryLink()

@@ -18,8 +18,9 @@ expect), not what rxvoice's client happens to do:
   survive. A session whose WebSocket dropped stays in the call for
   ``resume_window`` seconds.
 - **Roster.** op 11 to a joiner listing the others and to the others about the
-  joiner (after op 2), op 13 when a session ends, op 5 relayed as
-  ``{speaking, ssrc, user_id}`` and replayed to joiners.
+  joiner (after op 2), each user followed by the unofficial op 18 (flags) and
+  op 20 (platform) as Discord sends them, op 13 when a session ends, op 5
+  relayed as ``{speaking, ssrc, user_id}`` and replayed to joiners.
 - **DAVE.** Each call (voice channel) has a
   :class:`~rxvoice.testing.sandbox.dave.DaveDeliveryService`; the server feeds
   it joins (after op 4, so op 25 follows op 4), leaves and the client's DAVE
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import secrets
 from collections.abc import Callable, Iterable
@@ -53,7 +55,14 @@ from rxvoice.testing.sandbox.dave import DaveDeliveryService
 from rxvoice.testing.sandbox.faults import FaultInjector
 from rxvoice.testing.sandbox.links import Link, WebSocketLink
 
-__all__ = ["Participant", "ParticipantInfo", "VoiceServer", "new_snowflake", "resumable"]
+__all__ = [
+    "Participant",
+    "ParticipantInfo",
+    "VoiceConnection",
+    "VoiceServer",
+    "new_snowflake",
+    "resumable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +71,19 @@ _U32 = 0xFFFF_FFFF
 
 #: Opcodes some clients send that the sandbox accepts and ignores (video, media sink wants).
 _IGNORED_CLIENT_OPS = frozenset({12, 15})
+
+#: Opcodes a client may send (plus the ignored ones); anything else gets 4001.
+_CLIENT_OPS = _IGNORED_CLIENT_OPS | {
+    gw.Opcode.IDENTIFY,
+    gw.Opcode.SELECT_PROTOCOL,
+    gw.Opcode.HEARTBEAT,
+    gw.Opcode.SPEAKING,
+    gw.Opcode.RESUME,
+    gw.Opcode.DAVE_TRANSITION_READY,
+    gw.Opcode.DAVE_MLS_KEY_PACKAGE,
+    gw.Opcode.DAVE_MLS_COMMIT_WELCOME,
+    gw.Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME,
+}
 
 #: Close codes after which the session survives and may be resumed (plus all codes < 4000).
 _RESUMABLE_CODES = frozenset({CloseCode.WEBRTC_CRASHED, CloseCode.VOICE_SERVER_CRASHED})
@@ -138,7 +160,7 @@ class Participant:
     speaking: int = 0
     announced: bool = False
     dave_joined: bool = False
-    conn: _Conn | None = field(default=None, repr=False)
+    conn: VoiceConnection | None = field(default=None, repr=False)
     seq: int = 0
     floor: int = 0
     buffer: collections.deque[tuple[int, str | bytes]] = field(
@@ -172,7 +194,7 @@ class Participant:
 
 
 @dataclass(eq=False, slots=True)
-class _Conn:
+class VoiceConnection:
     """One WebSocket (or in-memory link) to the voice gateway."""
 
     link: Link
@@ -188,6 +210,17 @@ class _Call:
     channel_id: str
     members: dict[str, Participant] = field(default_factory=dict)
     dave: DaveDeliveryService | None = None
+
+
+def _opcode_of(frame: str | bytes) -> int | None:
+    """Best-effort opcode of a frame that failed to parse (``None`` if unreadable)."""
+    if isinstance(frame, bytes | bytearray):
+        return frame[0] if frame else None
+    try:
+        op = json.loads(frame).get("op")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return op if isinstance(op, int) else None
 
 
 def _unwrap_ack(ack: int | None, last: int) -> int:
@@ -250,7 +283,9 @@ class VoiceServer:
         self.media_ip = media_ip
         self.media_port = 0  # set by the sandbox once the relay is bound
         self.modes = tuple(modes)
-        self.heartbeat_interval = heartbeat_interval
+        # Discord sends whole milliseconds: an integral interval goes out as an int.
+        whole = float(heartbeat_interval).is_integer()
+        self.heartbeat_interval = int(heartbeat_interval) if whole else heartbeat_interval
         self.dave_enabled = dave
         self.require_dave = require_dave
         self.resume_window = resume_window
@@ -267,7 +302,8 @@ class VoiceServer:
         self.by_ssrc: dict[int, Participant] = {}
         self._by_session: dict[str, Participant] = {}
         self._by_user: dict[str, Participant] = {}
-        self._conns: set[_Conn] = set()
+        self._conns: set[VoiceConnection] = set()
+        self._stopped = False
 
     def __repr__(self) -> str:
         return f"VoiceServer(guild_id={self.guild_id!r}, calls={len(self.calls)})"
@@ -313,16 +349,16 @@ class VoiceServer:
 
     # -- connections ------------------------------------------------------------------------
 
-    def open(self, link: Link) -> _Conn:
+    def open(self, link: Link) -> VoiceConnection:
         """Register a new connection and greet it with op 8 Hello."""
-        conn = _Conn(link)
+        conn = VoiceConnection(link)
         self._conns.add(conn)
         self._count("voice_connections")
         link.send(gw.serialize(gw.Hello(heartbeat_interval=self.heartbeat_interval, version=8)))
         self._arm_heartbeat(conn)
         return conn
 
-    def closed(self, conn: _Conn, code: int | None) -> None:
+    def closed(self, conn: VoiceConnection, code: int | None) -> None:
         """The connection ended (either side). Detaches its session for a resume.
 
         Args:
@@ -352,10 +388,10 @@ class VoiceServer:
             if p.expiry is not None:
                 p.expiry.cancel()
                 p.expiry = None
-        self.resume_window = float("inf")
+        self._stopped = True
 
     def _detach(self, p: Participant) -> None:
-        if self.resume_window == float("inf"):
+        if self._stopped:
             return
         if p.expiry is not None:
             p.expiry.cancel()
@@ -368,7 +404,7 @@ class VoiceServer:
             self._count("sessions_expired")
             self.end_session(p)
 
-    def _close(self, conn: _Conn, code: int | None, reason: str) -> None:
+    def _close(self, conn: VoiceConnection, code: int | None, reason: str) -> None:
         """Close a connection; a non-resumable code also ends its session."""
         if conn.closing:
             return
@@ -418,7 +454,7 @@ class VoiceServer:
         if p.conn is not None and not p.conn.closing:
             p.conn.link.send(frame)
 
-    def _send_unnumbered(self, conn: _Conn, message: gw.GatewayMessage) -> None:
+    def _send_unnumbered(self, conn: VoiceConnection, message: gw.GatewayMessage) -> None:
         if not conn.closing:
             conn.link.send(gw.serialize(message))
 
@@ -435,13 +471,19 @@ class VoiceServer:
 
     # -- receiving --------------------------------------------------------------------------
 
-    def receive(self, conn: _Conn, frame: str | bytes) -> None:
+    def receive(self, conn: VoiceConnection, frame: str | bytes) -> None:
         """Handle one frame from a client. Never raises."""
         if conn.closing:
             return
         try:
             envelope = gw.parse(frame, from_server=False)
         except MalformedMessage as exc:
+            op = _opcode_of(frame)
+            if op is not None and op not in _CLIENT_OPS:
+                # A server-only or unknown op: that is the error, whatever its body.
+                self._count("unknown_ops")
+                self._close(conn, CloseCode.UNKNOWN_OPCODE, "Unknown opcode")
+                return
             self._count("malformed_frames")
             logger.warning("undecodable frame from a voice client: %s", exc)
             self._close(conn, CloseCode.FAILED_TO_DECODE, "Failed to decode payload")
@@ -453,7 +495,7 @@ class VoiceServer:
             logger.exception("voice gateway failed on op %s", envelope.message.op)
         self._on_change()
 
-    def _dispatch(self, conn: _Conn, m: gw.GatewayMessage) -> None:
+    def _dispatch(self, conn: VoiceConnection, m: gw.GatewayMessage) -> None:
         if isinstance(m, gw.Heartbeat):
             self._heartbeat(conn, m)
             return
@@ -488,7 +530,7 @@ class VoiceServer:
             self._count("unknown_ops")
             self._close(conn, CloseCode.UNKNOWN_OPCODE, "Unknown opcode")
 
-    def _heartbeat(self, conn: _Conn, m: gw.Heartbeat) -> None:
+    def _heartbeat(self, conn: VoiceConnection, m: gw.Heartbeat) -> None:
         self._arm_heartbeat(conn)
         if conn.session is not None:
             self._ack(conn.session, m.seq_ack)
@@ -496,7 +538,7 @@ class VoiceServer:
             return
         self._send_unnumbered(conn, gw.HeartbeatAck(nonce=m.nonce))
 
-    def _arm_heartbeat(self, conn: _Conn) -> None:
+    def _arm_heartbeat(self, conn: VoiceConnection) -> None:
         if conn.heartbeat_timer is not None:
             conn.heartbeat_timer.cancel()
             conn.heartbeat_timer = None
@@ -507,14 +549,14 @@ class VoiceServer:
                 timeout, self._heartbeat_timeout, conn
             )
 
-    def _heartbeat_timeout(self, conn: _Conn) -> None:
+    def _heartbeat_timeout(self, conn: VoiceConnection) -> None:
         conn.heartbeat_timer = None
         self._count("heartbeat_timeouts")
         self._close(conn, CloseCode.SESSION_TIMEOUT, "Session timeout")
 
     # -- identify and resume ----------------------------------------------------------------
 
-    def _identify(self, conn: _Conn, m: gw.Identify) -> None:
+    def _identify(self, conn: VoiceConnection, m: gw.Identify) -> None:
         grant = self._grant(m.token)
         if (
             grant is None
@@ -564,11 +606,15 @@ class VoiceServer:
                 heartbeat_interval=self.heartbeat_interval,
             ),
         )
-        # Roster after Ready (§11.4): the joiner learns the others, the others the joiner.
+        # Roster after Ready (§11.4): the joiner learns the others, the others the joiner,
+        # each followed by the unofficial op 18 / op 20 that Discord sends per user.
         if others:
             self.send(p, gw.ClientsConnect(user_ids=tuple(o.user_id for o in others)))
+            for other in others:
+                self._send_client_info(p, other)
         for other in others:
             self.send(other, gw.ClientsConnect(user_ids=(p.user_id,)))
+            self._send_client_info(other, p)
         for other in others:
             if other.speaking:
                 self.send(
@@ -576,13 +622,17 @@ class VoiceServer:
                 )
         self._on_voice_state(p, True)
 
+    def _send_client_info(self, to: Participant, about: Participant) -> None:
+        self.send(to, gw.ClientFlags(user_id=about.user_id, flags=0))
+        self.send(to, gw.ClientPlatform(user_id=about.user_id, platform=0))
+
     def _new_ssrc(self) -> int:
         while True:
             ssrc = secrets.randbelow(_U32) + 1
             if ssrc not in self.by_ssrc:
                 return ssrc
 
-    def _resume(self, conn: _Conn, m: gw.Resume) -> None:
+    def _resume(self, conn: VoiceConnection, m: gw.Resume) -> None:
         p = self._by_session.get(m.session_id)
         if p is None:
             self._close(conn, CloseCode.SESSION_NO_LONGER_VALID, "Session no longer valid")
@@ -616,7 +666,7 @@ class VoiceServer:
 
     # -- media setup and speaking -----------------------------------------------------------
 
-    def _select_protocol(self, conn: _Conn, p: Participant, m: gw.SelectProtocol) -> None:
+    def _select_protocol(self, conn: VoiceConnection, p: Participant, m: gw.SelectProtocol) -> None:
         if m.protocol != "udp":
             self._close(conn, CloseCode.UNKNOWN_PROTOCOL, "Unknown protocol")
             return
@@ -662,20 +712,24 @@ class VoiceServer:
 
         Args:
             p: The session.
-            code: If given and the session has a connection, close it with this code.
+            code: Close code for a connection still attached (4006 when omitted).
             reason: The close reason.
         """
         if self._by_user.get(p.user_id) is not p:
             return
         del self._by_user[p.user_id]
-        self._by_session.pop(p.session_id, None)
-        self.by_ssrc.pop(p.ssrc, None)
+        # Session ids come from clients (any id goes with the universal token): only drop ours.
+        if self._by_session.get(p.session_id) is p:
+            del self._by_session[p.session_id]
+        del self.by_ssrc[p.ssrc]
         if p.expiry is not None:
             p.expiry.cancel()
             p.expiry = None
         conn, p.conn = p.conn, None
-        if conn is not None and code is not None and not conn.closing:
+        if conn is not None and not conn.closing:
             conn.closing = True
+            if code is None:
+                code, reason = CloseCode.SESSION_NO_LONGER_VALID, reason or "Session ended"
             conn.link.close(code, reason)
         call = self.call(p.channel_id)
         call.members.pop(p.user_id, None)

@@ -1,0 +1,116 @@
+"""Simulated speakers: real DAVE clients inside the sandbox, sending real Opus."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from rxvoice.audio.opus import SAMPLE_RATE, OpusDecoder
+from rxvoice.protocol import gateway as gw
+from rxvoice.protocol.daveframe import is_dave_frame
+from rxvoice.protocol.rtp import SILENCE_FRAME
+from rxvoice.testing.sandbox import Sandbox, Speaker
+from tests.sandbox.rawclient import RawVoiceClient, harness
+
+
+def dominant_frequency(packets: list[bytes]) -> float:
+    decoder = OpusDecoder()
+    pcm = np.concatenate([decoder.decode(p) for p in packets])[:, 0].astype(np.float64)
+    pcm = pcm[960 * 2 :]  # skip the encoder's first frames
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+    return float(np.fft.rfftfreq(len(pcm), 1 / SAMPLE_RATE)[int(np.argmax(spectrum))])
+
+
+async def settled(sb: Sandbox, speakers: list[Speaker], listener: RawVoiceClient) -> None:
+    service = sb.dave()
+    assert service is not None
+    everyone = {s.user_id for s in speakers} | {listener.user_id}
+    await sb.wait_for(lambda: set(service.members) == everyone and not service.pending_transitions)
+    await sb.wait_for(lambda: all(s.dave_ready and s.epoch == service.epoch for s in speakers))
+    await listener.wait_until(lambda: listener.dave_ready and listener.epoch == service.epoch)
+
+
+async def test_speakers_audio_arrives_bit_exact_and_recognisable() -> None:
+    async with harness(rtcp_interval=10) as h:
+        sb = h.sb
+        speakers = [await sb.add_speaker(talk=False) for _ in range(2)]
+        assert speakers[0].frequency != speakers[1].frequency
+        listener = await h.joined()
+        # The speakers are in the roster like anyone: op 11 lists them.
+        assert set((await listener.next(gw.ClientsConnect)).user_ids) == {
+            s.user_id for s in speakers
+        }
+        await settled(sb, speakers, listener)
+
+        frames = 25
+
+        async def script(s: Speaker) -> None:
+            await s.talk(frames)
+            await s.pause()
+
+        await asyncio.gather(*(script(s) for s in speakers))
+        by_ssrc = {s.ssrc: s for s in speakers}
+        received: dict[int, dict[int, bytes]] = {s.ssrc: {} for s in speakers}
+        while any(len(r) < frames + 5 for r in received.values()):
+            _, packet = await listener.recv_rtp()
+            ssrc, seq = packet.header.ssrc, packet.header.sequence
+            if ssrc not in by_ssrc:
+                continue
+            payload = packet.payload
+            if payload == SILENCE_FRAME:
+                received[ssrc][seq] = payload  # silence is never DAVE-encrypted
+            else:
+                assert is_dave_frame(payload)
+                received[ssrc][seq] = listener.dave_decrypt(ssrc, payload)
+        for s in speakers:
+            sent = {f.sequence: f.opus for f in s.sent}
+            assert received[s.ssrc] == sent  # bit-exact, every frame
+            assert all(f.dave for f in s.sent if f.opus != SILENCE_FRAME)
+            assert [f.opus for f in s.sent[-5:]] == [SILENCE_FRAME] * 5
+            voiced = [f.opus for f in s.sent if f.opus != SILENCE_FRAME]
+            assert abs(dominant_frequency(voiced) - s.frequency) < 5
+
+        # op 5 on and off, relayed with each speaker's ssrc and user id.
+        def states() -> list[tuple[str | None, int]]:
+            return [(m.user_id, m.speaking) for m in listener.of(gw.Speaking)]
+
+        for s in speakers:
+            await listener.wait_until(lambda s=s: (s.user_id, 0) in states())
+            assert (s.user_id, 1) in states()
+
+        # Leaving: op 13 and a new epoch without the speaker.
+        await sb.remove_speaker(speakers[0])
+        assert (await listener.next(gw.ClientDisconnect)).user_id == speakers[0].user_id
+        await settled(sb, speakers[1:], listener)
+
+
+async def test_default_script_without_dave_and_churn() -> None:
+    async with harness(dave=False, speakers=2) as h:
+        sb = h.sb
+        listener = await h.joined()
+        heard: set[str] = set()
+        while len(heard) < 2:
+            _, packet = await listener.recv_rtp()
+            user = listener.ssrc_user.get(packet.header.ssrc)
+            if user is not None and packet.payload != SILENCE_FRAME:
+                assert not is_dave_frame(packet.payload)
+                OpusDecoder().decode(packet.payload)  # real Opus
+                heard.add(user)
+        assert heard == {s.user_id for s in sb.speakers}
+        # Churn: speakers join and leave at once; the roster ends where it started.
+        before = sb.roster()
+        await sb.churn(3)
+        assert sb.roster() == before
+        assert sb.counters["churn_cycles"] == 3
+        await listener.wait_until(lambda: len(listener.of(gw.ClientDisconnect)) == 3)
+
+
+async def test_speaker_resumes_after_a_resumable_close() -> None:
+    async with Sandbox(dave=False) as sb:
+        speaker = await sb.add_speaker(talk=False)
+        assert sb.force_close(speaker.user_id, 4015)
+        await sb.wait_for(lambda: sb.counters.get("resumed", 0) == 1)
+        assert sb.roster() == [speaker.user_id] and not speaker.closed
+        sb.force_close(speaker.user_id, 4014)
+        await sb.wait_for(lambda: speaker.closed and sb.roster() == [])
