@@ -311,3 +311,40 @@ async def test_connection_refused_is_final_after_the_retries(sandbox: Sandbox) -
         await conn.connect()
     assert [c.will_reconnect for c in closes.items] == [True, True, False]
     assert "token" not in repr(conn) and "'t'" not in repr(conn)
+
+
+async def test_packets_ahead_of_the_speaking_event_are_held_then_attributed(
+    sandbox: Sandbox, join: Join
+) -> None:
+    conn = await join()
+    speaker = await sandbox.add_speaker(talk=False)
+    frames = Recorder(conn.on_audio_frame)
+    speaking = Recorder(conn.on_speaking)
+    await Recorder(conn.on_dave_epoch_transition).wait_for(count(1))
+    # The speaker's op 5 reaches us 300 ms after its audio starts.
+    sandbox.set_faults(speaking_delay=0.3)
+    await speaker.talk(30)
+    await frames.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= 30)
+    assert speaking.items  # the mapping came late...
+    assert conn.ssrcs.stats.held >= 10  # ...so the first packets waited for it
+    assert all(f.user_id == speaker.user_id for f in frames.items)
+    assert payloads_of(frames.items, speaker.user_id) == {f.sequence: f.opus for f in speaker.sent}
+    assert conn.stats.dave_failures == 0 and conn.stats.unmapped_expired == 0
+
+
+async def test_a_user_keeps_one_identity_when_their_ssrc_changes(
+    sandbox: Sandbox, join: Join
+) -> None:
+    conn = await join()
+    speaker = await sandbox.add_speaker(talk=False)
+    frames = Recorder(conn.on_audio_frame)
+    await speaker.talk(5)
+    await frames.wait_for(count(5))
+    old_ssrc = speaker.ssrc
+    # The speaker's client reconnects: a new session (new SSRC), same user.
+    again = await sandbox.add_speaker(talk=False, user_id=speaker.user_id)
+    assert again.ssrc != old_ssrc
+    await again.talk(5)
+    await frames.wait_for(count(10))
+    assert {f.user_id for f in frames.items} == {speaker.user_id}
+    assert {f.ssrc for f in frames.items} == {old_ssrc, again.ssrc}

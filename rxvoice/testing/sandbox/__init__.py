@@ -166,6 +166,7 @@ class Sandbox:
         self._counters: collections.Counter[str] = collections.Counter()
         self._waiters: list[asyncio.Future[None]] = []
         self._speakers: dict[str, Speaker] = {}
+        self._retired: list[Speaker] = []  # replaced by a new session of the same user
         self._speaker_tasks: dict[str, asyncio.Task[None]] = {}
         self._speaker_count = 0
         self._tls: SandboxTls | None = None
@@ -290,6 +291,9 @@ class Sandbox:
         """Stop everything and delete the temporary certificate files. Idempotent."""
         for user_id in list(self._speakers):
             await self._drop_speaker(user_id, leave=False)
+        for retired in self._retired:
+            await retired.aclose()
+        self._retired.clear()
         if self._tick is not None:
             self._tick.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -396,6 +400,7 @@ class Sandbox:
         talk: bool = True,
         dave: bool | None = None,
         channel_id: str | None = None,
+        user_id: str | None = None,
         timeout: float = 10.0,
     ) -> Speaker:
         """Add a simulated speaker; returns once it has its session description (op 4).
@@ -406,13 +411,21 @@ class Sandbox:
                 leaves it to the caller: ``await speaker.talk(n)``, ``pause()``, ``leave()``.
             dave: Whether it offers DAVE; follows the sandbox by default.
             channel_id: The call; the sandbox's channel by default.
+            user_id: Reuse a user id: a speaker already using it is replaced by a
+                new session (new SSRC and keys), as when a client reconnects.
             timeout: Seconds to wait for the join.
         """
         index = self._speaker_count
         self._speaker_count += 1
+        previous = self._speakers.pop(user_id, None) if user_id is not None else None
+        if previous is not None:
+            task = self._speaker_tasks.pop(previous.user_id, None)
+            if task is not None:
+                task.cancel()
+            self._retired.append(previous)  # the server closes its session (4006)
         speaker = Speaker(
             self._server,
-            user_id=new_snowflake(),
+            user_id=user_id or new_snowflake(),
             channel_id=channel_id or self.channel_id,
             frequency=frequency if frequency is not None else 300.0 + 150.0 * index,
             dave=self.dave_enabled if dave is None else dave,

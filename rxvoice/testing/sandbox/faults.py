@@ -36,6 +36,9 @@ class Faults:
         garbage: Probability that a random junk datagram is sent before a datagram.
         drop_heartbeat_acks: Probability that a voice heartbeat (op 3) gets no
             op 6 answer.
+        speaking_delay: Seconds by which a sender's op 5 reaches the other
+            clients late, so its first packets arrive before receivers can map
+            its SSRC to a user (op 5 and RTP race in real calls).
         seed: Seed of the injector's random generator.
     """
 
@@ -48,6 +51,7 @@ class Faults:
     truncate: float = 0.0
     garbage: float = 0.0
     drop_heartbeat_acks: float = 0.0
+    speaking_delay: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -55,7 +59,7 @@ class Faults:
             value = getattr(self, f.name)
             if f.name == "seed":
                 continue
-            if f.name in ("jitter", "reorder_delay"):
+            if f.name in ("jitter", "reorder_delay", "speaking_delay"):
                 if not 0.0 <= value <= 10.0:
                     raise ValueError(f"Faults.{f.name} must be 0..10 seconds, got {value}")
             elif not 0.0 <= value <= 1.0:

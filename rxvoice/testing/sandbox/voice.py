@@ -701,9 +701,17 @@ class VoiceServer:
         p.speaking = m.speaking
         p.announced = True
         call = self.call(p.channel_id)
-        self._broadcast(
-            call, gw.Speaking(speaking=m.speaking, ssrc=p.ssrc, user_id=p.user_id), skip=p
-        )
+        relay = gw.Speaking(speaking=m.speaking, ssrc=p.ssrc, user_id=p.user_id)
+        delay = self.injector.faults.speaking_delay
+        if delay:
+            self.injector.counters["delayed_speaking"] = (
+                self.injector.counters.get("delayed_speaking", 0) + 1
+            )
+            asyncio.get_running_loop().call_later(
+                delay, lambda: self._broadcast(call, relay, skip=p)
+            )
+        else:
+            self._broadcast(call, relay, skip=p)
 
     # -- leaving ----------------------------------------------------------------------------
 
