@@ -22,6 +22,7 @@ A subscriber that raises does not affect the connection or other subscribers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl as ssl_module
 from collections import deque
@@ -52,7 +53,7 @@ from rxvoice.events import (
     SpeakingEvent,
     SpeakingFlags,
 )
-from rxvoice.protocol.closecodes import ClosePolicy, close_policy, describe_close
+from rxvoice.protocol.closecodes import CloseCode, ClosePolicy, close_policy, describe_close
 from rxvoice.protocol.crypto import EncryptionMode, RtpCrypto, choose_mode
 from rxvoice.protocol.dave import DAVE_PROTOCOL_VERSION, DaveManager
 from rxvoice.protocol.daveframe import is_dave_frame
@@ -148,6 +149,8 @@ class Connection:
             user before the DAVE session re-initialises.
         max_missed_heartbeats: Unacknowledged heartbeats before resuming.
         max_reconnect_attempts: Consecutive failed (re)connects before giving up.
+        move_timeout: Seconds to wait, after close code 4014 or a null endpoint,
+            for the new voice server credentials of a move or reallocation.
         logger: Where to log; ``logging.getLogger("rxvoice.connection")`` by default.
 
     Example:
@@ -176,6 +179,7 @@ class Connection:
         dave_failure_tolerance: int = 36,
         max_missed_heartbeats: int = 3,
         max_reconnect_attempts: int = 5,
+        move_timeout: float = 5.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.guild_id = str(guild_id)
@@ -218,6 +222,11 @@ class Connection:
         self._reconnecting = False
         self._heartbeat_dead = False
         self._readies = 0
+        # Credentials the shard announced while we were connected (move, reallocation).
+        self._new_info: VoiceServerInfo | None = None
+        self._info_arrived = asyncio.Event()
+        self._awaiting_endpoint = False
+        self.move_timeout = move_timeout
         self._speaking = SpeakingFlags.NONE
         self._voice_updates: Any = None
 
@@ -442,6 +451,8 @@ class Connection:
         self.udp.close()
         self._teardown_session()
         self._session = None
+        self._new_info, self._awaiting_endpoint = None, False
+        self._info_arrived.clear()
         if self._voice_updates is not None:
             self._voice_updates.dispose()
             self._voice_updates = None
@@ -451,6 +462,13 @@ class Connection:
         if was_open:
             self._emit(self._on_disconnected, Disconnected(code, False, "closed locally"))
         self._set_state(ConnectionState.CLOSED)
+
+    async def disconnect(self) -> None:
+        """Leave the voice channel (op 4 with no channel, through the shard), then :meth:`close`."""
+        if self.shard is not None:
+            with contextlib.suppress(UsageError):
+                await self.shard.update_voice_state(self.guild_id, None)
+        await self.close()
 
     async def close(self) -> None:
         """Close the connection (see :meth:`force_close`) and complete every observable."""
@@ -632,11 +650,7 @@ class Connection:
             assert session is not None
             if self._readies != readies:
                 failures = 0  # this WebSocket got ready: start counting afresh
-            dead, self._heartbeat_dead = self._heartbeat_dead, False
-            policy = ClosePolicy.RESUME if dead else close_policy(code)
-            reason = "heartbeat ACKs missed" if dead else describe_close(code)
-            if policy is ClosePolicy.RESUME and not session.resumable:
-                policy = ClosePolicy.NEW_SESSION
+            policy, reason = await self._policy_after_close(code, session)
             failures += 1
             if policy is not ClosePolicy.FINAL and failures > self.max_reconnect_attempts:
                 policy, reason = ClosePolicy.FINAL, f"{reason} (gave up after {failures - 1} tries)"
@@ -658,11 +672,41 @@ class Connection:
             self._set_state(ConnectionState.RECONNECTING)
             self._teardown_session()
             self.udp.close()
-            if self.shard is not None:
+            if self._new_info is not None:
+                # Moved or reallocated: the shard already brought new credentials.
+                session.info, self._new_info = self._new_info, None
+                self._info_arrived.clear()
+            elif self.shard is not None:
                 try:
                     session.info = await self.request_voice()
                 except (TimeoutError, UsageError) as exc:
                     self.logger.warning("could not get new voice credentials: %s", exc)
+
+    async def _policy_after_close(
+        self, code: int | None, session: VoiceSession
+    ) -> tuple[ClosePolicy, str]:
+        """Decide what to do after the WebSocket closed with ``code``."""
+        if self._heartbeat_dead:
+            self._heartbeat_dead = False
+            policy, reason = ClosePolicy.RESUME, "heartbeat ACKs missed"
+        else:
+            policy, reason = close_policy(code), describe_close(code)
+        if self.shard is not None and (self._awaiting_endpoint or code == CloseCode.DISCONNECTED):
+            # 4014 also ends the old session when Discord moves us; an endpoint of
+            # null means the voice server is being reallocated. Either way new
+            # credentials may follow from the main gateway: wait for them.
+            if self._new_info is None:
+                self._set_state(ConnectionState.RECONNECTING)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._info_arrived.wait(), self.move_timeout)
+            self._awaiting_endpoint = False
+            if self._new_info is None:
+                return ClosePolicy.FINAL, reason
+        if self._new_info is not None:
+            return ClosePolicy.NEW_SESSION, "new voice server credentials"
+        if policy is ClosePolicy.RESUME and not session.resumable:
+            policy = ClosePolicy.NEW_SESSION
+        return policy, reason
 
     async def _one_websocket(self, resume: bool) -> int | None:
         """Run one WebSocket from connect to close; return the close code."""
@@ -1015,33 +1059,38 @@ class Connection:
         if session is None or self._closing:
             return
         if isinstance(update, VoiceStateUpdate):
-            if update.user_id == self.user_id and update.channel_id is None:
+            if update.user_id != self.user_id or update.guild_id not in (None, self.guild_id):
+                return
+            if update.channel_id is None:
                 self.logger.info("we left the voice channel; closing")
                 self.force_close()
-            elif update.user_id == self.user_id:
-                session_id = update.session_id
-                if session_id != session.info.session_id:
-                    self.session_id = session_id
+                return
+            # Moved to another channel (also the DAVE group): credentials follow.
+            self.channel_id = update.channel_id
+            self.session_id = update.session_id
             return
         if update.guild_id != self.guild_id or self._reconnecting:
             return
         if update.endpoint is None:
-            # The voice server is being reallocated: wait for the next update.
+            # The voice server is being reallocated: leave it and wait for the next.
             self.logger.info("voice server endpoint removed; waiting for a new one")
-            return
-        if update.token != session.info.token or update.endpoint != session.info.endpoint:
-            # Moved or reallocated: a new voice session with the new credentials.
-            session.info = VoiceServerInfo(
-                guild_id=self.guild_id,
-                channel_id=self.channel_id,
-                user_id=session.info.user_id,
-                session_id=self.session_id or session.info.session_id,
-                token=update.token,
-                endpoint=update.endpoint,
-            )
-            self.token, self.endpoint = update.token, update.endpoint
-            session.resumable = False
+            self._awaiting_endpoint = True
             self.web_socket.abort()
+            return
+        if update.token == session.info.token and update.endpoint == session.info.endpoint:
+            return
+        # Moved or reallocated: a new voice session with the new credentials.
+        self.token, self.endpoint = update.token, update.endpoint
+        self._new_info = VoiceServerInfo(
+            guild_id=self.guild_id,
+            channel_id=self.channel_id,
+            user_id=session.info.user_id,
+            session_id=self.session_id or session.info.session_id,
+            token=update.token,
+            endpoint=update.endpoint,
+        )
+        self._info_arrived.set()
+        self.web_socket.abort()
 
     # -- helpers ------------------------------------------------------------------------
 

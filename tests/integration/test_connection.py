@@ -151,7 +151,8 @@ async def test_session_no_longer_valid_starts_a_new_session(sandbox: Sandbox, jo
 
 @pytest.mark.parametrize("code", [4014, 4021, 4022])
 async def test_final_codes_end_cleanly(sandbox: Sandbox, join: Join, code: int) -> None:
-    conn = await join()
+    # 4014 with no new voice server following (a kick, not a move) ends it too.
+    conn = await join(move_timeout=0.2)
     assert conn.user_id is not None
     closes = Recorder(conn.on_disconnected)
     states = Recorder(conn.state)
@@ -348,3 +349,46 @@ async def test_a_user_keeps_one_identity_when_their_ssrc_changes(
     await frames.wait_for(count(10))
     assert {f.user_id for f in frames.items} == {speaker.user_id}
     assert {f.ssrc for f in frames.items} == {old_ssrc, again.ssrc}
+
+
+async def test_moved_to_another_channel_reconnects_there(sandbox: Sandbox, join: Join) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    readies = Recorder(conn.on_ready)
+    closes = Recorder(conn.on_disconnected)
+    other = "1234567890123456789"
+    assert sandbox.move(conn.user_id, other)
+    await readies.wait_for(count(1))
+    assert closes.items[-1].will_reconnect
+    assert conn.channel_id == other
+    assert conn.dave is not None and conn.dave.channel_id == other
+    await sandbox.wait_for(lambda: sandbox.roster(other) == [conn.user_id])
+    assert conn.user_id not in sandbox.roster()
+
+
+async def test_null_endpoint_waits_for_the_next_voice_server(sandbox: Sandbox, join: Join) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    states = Recorder(conn.state)
+    readies = Recorder(conn.on_ready)
+    assert sandbox.endpoint_null(conn.user_id)
+    await states.wait_for(lambda ss: ss[-1] is ConnectionState.RECONNECTING)
+    assert not conn.web_socket.is_open
+    assert sandbox.server_update(conn.user_id)
+    await readies.wait_for(count(1))
+    assert conn.current_state is ConnectionState.READY
+
+
+async def test_leaving_from_the_main_gateway_closes(sandbox: Sandbox, join: Join) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    states = Recorder(conn.state)
+    sandbox.leave(conn.user_id)
+    await states.wait_for(lambda ss: ss[-1] is ConnectionState.CLOSED)
+
+
+async def test_disconnect_leaves_the_channel(sandbox: Sandbox, join: Join) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    await conn.disconnect()
+    await sandbox.wait_for(lambda: conn.user_id not in sandbox.roster())
