@@ -15,6 +15,7 @@ __all__ = ["main"]
 
 # name -> (module, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("rxvoice.demo", "record and mix simulated speakers of a local DAVE call"),
     "sandbox": ("rxvoice.testing.sandbox.cli", "run a local Discord (gateway, voice, relay)"),
 }
 
