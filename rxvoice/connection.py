@@ -198,7 +198,7 @@ class Connection:
         self.dave_failure_tolerance = dave_failure_tolerance
         self.max_missed_heartbeats = max_missed_heartbeats
         self.max_reconnect_attempts = max_reconnect_attempts
-        self.logger = logger or globals()["logger"]
+        self.logger = logger if logger is not None else logging.getLogger(__name__)
 
         # The four parts, plus jitter buffers and SSRC attribution.
         self.web_socket = WebSocketTransport()

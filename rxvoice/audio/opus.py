@@ -125,7 +125,60 @@ def _check_rate_channels(sample_rate: int, channels: int) -> None:
         raise UsageError(f"channels must be 1 or 2, got {channels}")
 
 
-class OpusDecoder:
+class _LibopusState:
+    """A libopus state with its rate and channels, freed once.
+
+    The state is released by :meth:`close`, on leaving a ``with`` block, or on
+    garbage collection, whichever comes first.
+    """
+
+    __slots__ = ("__weakref__", "_channels", "_finalizer", "_lib", "_rate", "_state")
+
+    _kind = "state"
+
+    def _own(self, lib: _Lib, state: Any, destroy: Any, sample_rate: int, channels: int) -> None:
+        self._lib = lib
+        self._rate = sample_rate
+        self._channels = channels
+        self._state: Any = state
+        self._finalizer = weakref.finalize(self, destroy, state)
+
+    @property
+    def sample_rate(self) -> int:
+        """The sample rate in Hz."""
+        return self._rate
+
+    @property
+    def channels(self) -> int:
+        """The channel count."""
+        return self._channels
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has freed the libopus state."""
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        """Free the libopus state now. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if not self._finalizer.alive:
+            raise UsageError(f"the Opus {self._kind} is closed")
+
+
+class OpusDecoder(_LibopusState):
     """Decodes one Opus stream (one SSRC) to int16 PCM.
 
     Args:
@@ -147,25 +200,15 @@ class OpusDecoder:
         ((960, 2), 'int16')
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_buffer",
-        "_channels",
-        "_finalizer",
-        "_lib",
-        "_rate",
-        "_state",
-        "_view",
-    )
+    __slots__ = ("_buffer", "_view")
+
+    _kind = "decoder"
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, channels: int = CHANNELS) -> None:
         _check_rate_channels(sample_rate, channels)
         lib = _load()
-        self._lib = lib
-        self._rate = sample_rate
-        self._channels = channels
-        self._state: Any = lib.decoder.create_state(sample_rate, channels)
-        self._finalizer = weakref.finalize(self, lib.decoder.destroy, self._state)
+        state = lib.decoder.create_state(sample_rate, channels)
+        self._own(lib, state, lib.decoder.destroy, sample_rate, channels)
         # One output buffer, big enough for a 120 ms packet, reused by every
         # call; results are copied out so callers never see it change.
         max_samples = sample_rate * _MAX_PACKET_MS10 // 10_000
@@ -173,24 +216,9 @@ class OpusDecoder:
         self._view: PcmArray = np.ctypeslib.as_array(self._buffer)
 
     @property
-    def sample_rate(self) -> int:
-        """The output sample rate in Hz."""
-        return self._rate
-
-    @property
-    def channels(self) -> int:
-        """The output channel count."""
-        return self._channels
-
-    @property
     def frame_samples(self) -> int:
         """Samples per channel in 20 ms at this decoder's rate (960 at 48 kHz)."""
         return self._rate // 50
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has freed the libopus state."""
-        return not self._finalizer.alive
 
     def decode(self, packet: bytes) -> PcmArray:
         """Decode one Opus packet.
@@ -259,25 +287,6 @@ class OpusDecoder:
         self._check_open()
         self._lib.decoder.libopus_ctl(self._state, _RESET_STATE)
 
-    def close(self) -> None:
-        """Free the libopus state now. Idempotent."""
-        self._finalizer()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _check_open(self) -> None:
-        if not self._finalizer.alive:
-            raise UsageError("the Opus decoder is closed")
-
     def _frame_size(self, samples: int | None) -> int:
         if samples is None:
             return self._rate // 50
@@ -305,7 +314,7 @@ class OpusDecoder:
         return self._view[: n * ch].reshape(n, ch).copy()
 
 
-class OpusEncoder:
+class OpusEncoder(_LibopusState):
     """Encodes int16 PCM frames to Opus packets.
 
     Args:
@@ -332,7 +341,9 @@ class OpusEncoder:
         True
     """
 
-    __slots__ = ("__weakref__", "_channels", "_finalizer", "_lib", "_out", "_rate", "_state")
+    __slots__ = ("_out",)
+
+    _kind = "encoder"
 
     def __init__(
         self,
@@ -355,33 +366,13 @@ class OpusEncoder:
         if not 0 <= complexity <= 10:
             raise UsageError(f"complexity must be in [0, 10], got {complexity}")
         lib = _load()
-        self._lib = lib
-        self._rate = sample_rate
-        self._channels = channels
-        self._state: Any = lib.encoder.create_state(
-            sample_rate, channels, _APPLICATIONS[application]
-        )
-        self._finalizer = weakref.finalize(self, lib.encoder.destroy, self._state)
+        state = lib.encoder.create_state(sample_rate, channels, _APPLICATIONS[application])
+        self._own(lib, state, lib.encoder.destroy, sample_rate, channels)
         self._out = (ctypes.c_char * _MAX_PACKET_BYTES)()
         self._ctl(_SET_BITRATE, bitrate)
         self._ctl(_SET_COMPLEXITY, complexity)
         self._ctl(_SET_INBAND_FEC, int(fec))
         self._ctl(_SET_PACKET_LOSS_PERC, packet_loss_percent)
-
-    @property
-    def sample_rate(self) -> int:
-        """The input sample rate in Hz."""
-        return self._rate
-
-    @property
-    def channels(self) -> int:
-        """The input channel count."""
-        return self._channels
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has freed the libopus state."""
-        return not self._finalizer.alive
 
     def encode(self, pcm: PcmArray) -> bytes:
         """Encode one frame.
@@ -398,8 +389,7 @@ class OpusEncoder:
             UsageError: If the shape, dtype or frame size is wrong, or the
                 encoder is closed.
         """
-        if not self._finalizer.alive:
-            raise UsageError("the Opus encoder is closed")
+        self._check_open()
         if pcm.dtype != np.int16:
             raise UsageError(f"pcm must be int16, got {pcm.dtype}")
         ch = self._channels
@@ -427,24 +417,8 @@ class OpusEncoder:
         Raises:
             UsageError: If the encoder is closed.
         """
-        if not self._finalizer.alive:
-            raise UsageError("the Opus encoder is closed")
+        self._check_open()
         self._lib.encoder.libopus_ctl(self._state, _RESET_STATE)
-
-    def close(self) -> None:
-        """Free the libopus state now. Idempotent."""
-        self._finalizer()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _ctl(self, request: int, value: int) -> None:
         code = self._lib.encoder.libopus_ctl(self._state, request, ctypes.c_int(value))
