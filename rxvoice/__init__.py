@@ -12,14 +12,17 @@ from rxvoice.connection import Connection, ConnectionStats
 from rxvoice.events import (
     AudioFrame,
     AudioGap,
+    AudioLevel,
     ClientConnect,
     ClientDisconnect,
     ConnectionState,
     DaveEpochTransition,
     Diagnostic,
     Disconnected,
+    PcmChunk,
     SpeakingEvent,
     SpeakingFlags,
+    VoiceActivityChange,
 )
 from rxvoice.secret import Secret
 from rxvoice.shard import GatewayShard, Shard
@@ -29,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AudioFrame",
     "AudioGap",
+    "AudioLevel",
     "ClientConnect",
     "ClientDisconnect",
     "Connection",
@@ -38,10 +42,12 @@ __all__ = [
     "Diagnostic",
     "Disconnected",
     "GatewayShard",
+    "PcmChunk",
     "Secret",
     "Shard",
     "SpeakingEvent",
     "SpeakingFlags",
+    "VoiceActivityChange",
     "__version__",
     "errors",
 ]

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 from reactivex import operators as ops
-from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from rxvoice import operators as vops
 from rxvoice.connection import Connection
-from rxvoice.events import AudioLevel, DaveEpochTransition, PcmChunk
+from rxvoice.events import AudioLevel, DaveEpochTransition
 from rxvoice.shard import GatewayShard
 
 __all__ = ["add_arguments", "run"]
@@ -122,7 +121,6 @@ async def _demo(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, flo
         conn = Connection(
             guild_id=sb.guild_id, channel_id=sb.channel_id, shard=shard, ssl=sb.client_ssl()
         )
-        scheduler = AsyncIOScheduler(asyncio.get_running_loop())
         levels: dict[str, float] = {}
         written: list[Path] = []
 
@@ -137,11 +135,7 @@ async def _demo(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, flo
         conn.on_dave_epoch_transition.subscribe(on_transition)
         pcm = conn.on_audio_frame.pipe(vops.decode_opus(), ops.share())
         pcm.pipe(vops.write_wav(out / "{user_id}.wav")).subscribe(written.append)
-        pcm.pipe(
-            ops.filter(lambda c: isinstance(c, PcmChunk)),
-            vops.mix(scheduler=scheduler),
-            vops.write_wav(out / "mix.wav"),
-        ).subscribe(written.append)
+        pcm.pipe(vops.mix(), vops.write_wav(out / "mix.wav")).subscribe(written.append)
         pcm.pipe(vops.levels(floor=-90.0)).subscribe(on_level)
 
         await conn.connect()

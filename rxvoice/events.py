@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "RTP_HEADER_SIZE",
     "AudioFrame",
     "AudioGap",
+    "AudioLevel",
     "ClientConnect",
     "ClientDisconnect",
     "ConnectionState",
     "DaveEpochTransition",
     "Diagnostic",
     "Disconnected",
+    "PcmChunk",
     "SpeakingEvent",
     "SpeakingFlags",
+    "VoiceActivityChange",
 ]
 
 RTP_HEADER_SIZE = 12
@@ -174,3 +182,86 @@ class Diagnostic:
     detail: str
     ssrc: int | None = None
     user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PcmChunk:
+    """Decoded audio of one user (or of the mix), as the operators pass it on.
+
+    Equality is identity: comparing the audio of two chunks is
+    ``numpy.array_equal(a.pcm, b.pcm)``.
+
+    Attributes:
+        user_id: The speaking user; ``None`` for the mix (or an unmapped SSRC).
+        ssrc: The RTP synchronisation source; ``None`` for the mix.
+        timestamp: The RTP timestamp of the first sample, in 48 kHz units
+            (32-bit, wraps) whatever :attr:`sample_rate` is; for the mix,
+            ``tick * 960``.
+        pcm: int16 samples shaped ``(samples, channels)``.
+        sample_rate: Samples per second per channel of :attr:`pcm`.
+        concealed: The audio was synthesised by packet-loss concealment for a
+            missing packet (or replaced a corrupted one), not decoded.
+        recovered: The audio was rebuilt from the in-band FEC data of the
+            packet after a lost one.
+    """
+
+    user_id: str | None
+    ssrc: int | None
+    timestamp: int
+    pcm: npt.NDArray[np.int16] = field(repr=False)
+    sample_rate: int = 48_000
+    concealed: bool = False
+    recovered: bool = False
+
+    @property
+    def samples(self) -> int:
+        """Samples per channel."""
+        return int(self.pcm.shape[0])
+
+    @property
+    def channels(self) -> int:
+        """The channel count."""
+        return int(self.pcm.shape[1]) if self.pcm.ndim == 2 else 1
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return self.samples / self.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class AudioLevel:
+    """The loudness of one :class:`PcmChunk`.
+
+    Attributes:
+        user_id: The user (``None`` for the mix).
+        ssrc: The SSRC (``None`` for the mix).
+        timestamp: The chunk's RTP timestamp (48 kHz units).
+        rms: Root-mean-square level in sample units (0 to 32768).
+        dbfs: The same in dBFS (0 = full-scale square wave; ``-inf`` or the
+            chosen floor for digital silence).
+    """
+
+    user_id: str | None
+    ssrc: int | None
+    timestamp: int
+    rms: float
+    dbfs: float
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceActivityChange:
+    """A user started or stopped speaking, judged from their audio.
+
+    Attributes:
+        user_id: The user (``None`` for the mix).
+        ssrc: The SSRC the judgement was made on (``None`` for the mix).
+        speaking: ``True`` when speech started, ``False`` when it stopped.
+        timestamp: The RTP timestamp (48 kHz units) where it happened: the
+            first loud chunk of the onset, or the end of the speech.
+    """
+
+    user_id: str | None
+    ssrc: int | None
+    speaking: bool
+    timestamp: int

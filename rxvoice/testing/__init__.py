@@ -1,22 +1,36 @@
-"""Testing tools that ship with rxvoice, above all the local Discord sandbox.
+"""Testing tools that ship with rxvoice: the local Discord sandbox and marble helpers.
 
-``from rxvoice.testing import Sandbox`` is resolved lazily, so importing this
-package costs nothing until the sandbox is used.
+- :class:`Sandbox` (:mod:`rxvoice.testing.sandbox`): a local Discord for voice clients.
+- :func:`voice_marbles`, :func:`values` (:mod:`rxvoice.testing.marbles`): marble
+  strings for voice streams in virtual time.
+- :class:`ToneSpeaker` and packet builders (:mod:`rxvoice.testing.packets`).
+
+Names are resolved lazily, so importing this package costs nothing until used.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rxvoice.testing.marbles import VoiceMarbles, values, voice_marbles
+    from rxvoice.testing.packets import ToneSpeaker
     from rxvoice.testing.sandbox import Sandbox
 
-__all__ = ["Sandbox"]
+__all__ = ["Sandbox", "ToneSpeaker", "VoiceMarbles", "values", "voice_marbles"]
+
+_WHERE = {
+    "Sandbox": "rxvoice.testing.sandbox",
+    "ToneSpeaker": "rxvoice.testing.packets",
+    "VoiceMarbles": "rxvoice.testing.marbles",
+    "values": "rxvoice.testing.marbles",
+    "voice_marbles": "rxvoice.testing.marbles",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Sandbox":
-        from rxvoice.testing.sandbox import Sandbox
-
-        return Sandbox
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,260 @@
+"""The ``decode_opus`` operator: per-SSRC Opus decoding with concealment and FEC."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from reactivex import Observable, abc
+from reactivex.disposable import CompositeDisposable, Disposable
+
+from rxvoice.audio.opus import OpusDecoder, packet_has_fec
+from rxvoice.errors import MalformedPacket
+from rxvoice.events import AudioFrame, AudioGap, PcmChunk
+from rxvoice.operators._common import DiagnosticCallback, Reporter
+from rxvoice.protocol.seq import seq_add, seq_diff, ts_add
+
+_RTP_RATE = 48_000
+
+
+class SsrcDecoder:
+    """Decodes one SSRC's frames in order, filling losses (no reactivex, no threads).
+
+    Args:
+        decoder: A fresh Opus decoder for this stream.
+        fec: Recover a single lost frame from the next packet's FEC data.
+        max_conceal: The most frames synthesised for one loss; longer losses
+            are left silent (the mixer fills them).
+        max_gap: Sequence jumps larger than this (either way) restart the
+            stream: the decoder is reset and nothing is concealed.
+        report: Where survivable problems go.
+    """
+
+    __slots__ = ("_decoder", "_fec", "_max_conceal", "_max_gap", "_next", "_report")
+
+    def __init__(
+        self,
+        decoder: OpusDecoder,
+        *,
+        fec: bool,
+        max_conceal: int,
+        max_gap: int,
+        report: Reporter,
+    ) -> None:
+        self._decoder = decoder
+        self._fec = fec
+        self._max_conceal = max_conceal
+        self._max_gap = max_gap
+        self._report = report
+        self._next: int | None = None  # the sequence number expected next
+
+    def feed(self, frame: AudioFrame) -> list[PcmChunk]:
+        """Decode ``frame``, first filling any frames missing before it.
+
+        Returns:
+            The chunks in time order: concealed or FEC-recovered ones for a
+            loss, then the frame's own (concealed if it is corrupted). Empty
+            for a duplicate or late frame, which is dropped and counted.
+        """
+        seq = frame.sequence
+        missing = 0
+        if self._next is not None:
+            d = seq_diff(seq, self._next)
+            if -self._max_gap <= d < 0:
+                self._report("late_packet", f"sequence {seq} after {self._next - 1}", frame.ssrc)
+                return []
+            if d > self._max_gap or d < -self._max_gap:
+                # The sender restarted (or the jitter buffer resynced): fresh state.
+                self._decoder.reset()
+                self._report("decoder_reset", f"sequence jumped to {seq}", frame.ssrc)
+            else:
+                missing = d
+        self._next = seq_add(seq, 1)
+        out: list[PcmChunk] = []
+        if missing:
+            self._fill(frame, missing, out)
+        opus = frame.opus
+        try:
+            pcm = self._decoder.decode(opus)
+        except MalformedPacket as exc:
+            self._report("corrupt_packet", str(exc), frame.ssrc, frame.user_id)
+            out.append(self._chunk(frame, frame.timestamp, self._decoder.conceal(), concealed=True))
+        else:
+            out.append(self._chunk(frame, frame.timestamp, pcm))
+        return out
+
+    def _fill(self, frame: AudioFrame, missing: int, out: list[PcmChunk]) -> None:
+        decoder = self._decoder
+        step = decoder.frame_samples * _RTP_RATE // decoder.sample_rate
+        fill = min(missing, self._max_conceal)
+        # Timestamps counted back from the packet that ended the loss.
+        first_ts = ts_add(frame.timestamp, -missing * step)
+        for k in range(fill):
+            ts = ts_add(first_ts, k * step)
+            if k == missing - 1 and self._fec and packet_has_fec(frame.opus):
+                try:
+                    pcm = decoder.decode_fec(frame.opus)
+                except MalformedPacket:
+                    pcm = decoder.conceal()
+                else:
+                    out.append(self._chunk(frame, ts, pcm, recovered=True))
+                    continue
+            else:
+                pcm = decoder.conceal()
+            out.append(self._chunk(frame, ts, pcm, concealed=True))
+
+    def _chunk(
+        self,
+        frame: AudioFrame,
+        timestamp: int,
+        pcm: Any,
+        *,
+        concealed: bool = False,
+        recovered: bool = False,
+    ) -> PcmChunk:
+        return PcmChunk(
+            frame.user_id,
+            frame.ssrc,
+            timestamp,
+            pcm,
+            self._decoder.sample_rate,
+            concealed,
+            recovered,
+        )
+
+
+def decode_opus_(
+    sample_rate: int,
+    channels: int,
+    fec: bool,
+    max_conceal: int,
+    max_gap: int,
+    scheduler: abc.SchedulerBase | None,
+    stats: Counter[str] | None,
+    on_diagnostic: DiagnosticCallback | None,
+) -> Callable[[Observable[AudioFrame | AudioGap]], Observable[PcmChunk]]:
+    OpusDecoder(sample_rate, channels).close()  # bad arguments or no libopus: raise now
+
+    def operator(source: Observable[AudioFrame | AudioGap]) -> Observable[PcmChunk]:
+        def subscribe(
+            observer: abc.ObserverBase[PcmChunk],
+            scheduler_: abc.SchedulerBase | None = None,
+        ) -> abc.DisposableBase:
+            report = Reporter(stats, on_diagnostic)
+            lock = threading.RLock()
+            decoders: dict[int, SsrcDecoder] = {}
+            ssrc_of: dict[str, int] = {}
+            # Off-loop mode: one queue and at most one running drain per SSRC,
+            # which keeps each user's order while users decode in parallel.
+            queues: dict[int, deque[AudioFrame]] = {}
+            draining: set[int] = set()
+            source_done = False
+            stopped = False
+
+            def decoder_for(frame: AudioFrame) -> SsrcDecoder:
+                ssrc, user = frame.ssrc, frame.user_id
+                if user is not None:
+                    previous = ssrc_of.get(user)
+                    if previous is not None and previous != ssrc:
+                        # A new SSRC for the user (reconnect): a fresh decoder.
+                        # The old one is freed when no drain uses it any more.
+                        decoders.pop(previous, None)
+                    ssrc_of[user] = ssrc
+                state = decoders.get(ssrc)
+                if state is None:
+                    state = decoders[ssrc] = SsrcDecoder(
+                        OpusDecoder(sample_rate, channels),
+                        fec=fec,
+                        max_conceal=max_conceal,
+                        max_gap=max_gap,
+                        report=report,
+                    )
+                return state
+
+            def fail(error: Exception) -> None:
+                nonlocal stopped
+                if not stopped:
+                    stopped = True
+                    observer.on_error(error)
+
+            def decode_now(frame: AudioFrame) -> None:
+                # Synchronous mode: called with the lock held.
+                try:
+                    chunks = decoder_for(frame).feed(frame)
+                except Exception as error:  # a diagnostic callback raised
+                    fail(error)
+                    return
+                for chunk in chunks:
+                    observer.on_next(chunk)
+
+            def drain(_: abc.SchedulerBase, ssrc: Any) -> None:
+                while True:
+                    with lock:
+                        queue = queues.get(ssrc)
+                        if stopped or not queue:
+                            draining.discard(ssrc)
+                            queues.pop(ssrc, None)
+                            finish_if_idle()
+                            return
+                        frame = queue.popleft()
+                        state = decoder_for(frame)
+                    try:
+                        chunks = state.feed(frame)  # off the lock: users decode in parallel
+                    except Exception as error:
+                        with lock:
+                            fail(error)
+                        continue
+                    with lock:
+                        if stopped:
+                            continue
+                        for chunk in chunks:
+                            observer.on_next(chunk)
+
+            def finish_if_idle() -> None:
+                nonlocal stopped
+                if source_done and not draining and not stopped:
+                    stopped = True
+                    observer.on_completed()
+
+            def on_next(item: AudioFrame | AudioGap) -> None:
+                if not isinstance(item, AudioFrame):
+                    return  # the next frame's sequence number tells the loss too
+                with lock:
+                    if stopped:
+                        return
+                    if scheduler is None:
+                        decode_now(item)
+                        return
+                    ssrc = item.ssrc
+                    queues.setdefault(ssrc, deque()).append(item)
+                    if ssrc not in draining:
+                        draining.add(ssrc)
+                        scheduler.schedule(drain, ssrc)
+
+            def on_error(error: Exception) -> None:
+                with lock:
+                    fail(error)
+
+            def on_completed() -> None:
+                nonlocal source_done
+                with lock:
+                    source_done = True
+                    finish_if_idle()
+
+            def release() -> None:
+                nonlocal stopped
+                with lock:
+                    stopped = True
+                    decoders.clear()
+
+            subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler_)
+            return CompositeDisposable(subscription, Disposable(release))
+
+        return Observable(subscribe)
+
+    return operator
+
+
+__all__ = ["SsrcDecoder", "decode_opus_"]
