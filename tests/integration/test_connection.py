@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import socket
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from rxvoice.connection import Connection
 from rxvoice.errors import ConnectionClosed, DaveRequired, ReconnectInProgress, UsageError
 from rxvoice.events import AudioFrame, ConnectionState, Disconnected, SpeakingFlags
-from rxvoice.protocol.gateway import Resumed
+from rxvoice.protocol.gateway import Resumed, SessionDescription
 from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.testing.sandbox import Sandbox
 
@@ -135,21 +136,24 @@ async def test_missed_heartbeat_acks_are_detected_and_the_session_resumes(
     await beats.wait_for(count(len(beats.items) + 1))
 
 
-async def test_session_no_longer_valid_starts_a_new_session(sandbox: Sandbox, join: Join) -> None:
+@pytest.mark.parametrize("code", [4006, 4009, 4011])
+async def test_invalid_sessions_start_a_new_session(
+    sandbox: Sandbox, join: Join, code: int
+) -> None:
     conn = await join()
     assert conn.user_id is not None
     readies = Recorder(conn.on_ready)
     closes = Recorder(conn.on_disconnected)
     first_ssrc = conn.ssrc
-    sandbox.force_close(conn.user_id, 4006)
+    sandbox.force_close(conn.user_id, code)
     await readies.wait_for(count(1))
-    assert closes.items[0].code == 4006 and closes.items[0].will_reconnect
+    assert closes.items[0].code == code and closes.items[0].will_reconnect
     assert conn.current_state is ConnectionState.READY
     assert conn.ssrc != first_ssrc  # a new session: new SSRC, key and DAVE group
     assert conn.stats.reconnects == 1
 
 
-@pytest.mark.parametrize("code", [4014, 4021, 4022])
+@pytest.mark.parametrize("code", [4014, 4021, 4022, 4001, 4016, 4020])
 async def test_final_codes_end_cleanly(sandbox: Sandbox, join: Join, code: int) -> None:
     # 4014 with no new voice server following (a kick, not a move) ends it too.
     conn = await join(move_timeout=0.2)
@@ -392,3 +396,68 @@ async def test_disconnect_leaves_the_channel(sandbox: Sandbox, join: Join) -> No
     assert conn.user_id is not None
     await conn.disconnect()
     await sandbox.wait_for(lambda: conn.user_id not in sandbox.roster())
+
+
+async def test_an_invalid_commit_is_reported_and_the_group_recovers(
+    sandbox: Sandbox, join: Join
+) -> None:
+    talker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    assert conn.user_id is not None and conn.dave is not None
+    epochs = Recorder(conn.on_dave_epoch_transition)
+    await epochs.wait_for(count(1))
+    assert sandbox.inject_invalid_commit(conn.user_id)
+    joiner = await sandbox.add_speaker(talk=False)  # its commit reaches us corrupted
+    await sandbox.wait_for(lambda: conn.dave is not None and conn.dave.stats.recoveries == 1)
+    # op 31 then a new key package: removed, re-added, in the group again.
+    await epochs.wait_for(
+        lambda ts: {conn.user_id, talker.user_id, joiner.user_id} <= set(ts[-1].members)
+    )
+    frames = Recorder(conn.on_audio_frame)
+    await talker.talk(20)
+    await frames.wait_for(lambda fs: len(payloads_of(fs, talker.user_id)) >= 20)
+    assert conn.current_state is ConnectionState.READY
+
+
+async def test_a_client_without_dave_downgrades_the_call_and_audio_flows(
+    sandbox: Sandbox, join: Join
+) -> None:
+    talker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    epochs = Recorder(conn.on_dave_epoch_transition)
+    await epochs.wait_for(count(1))
+    plain = await sandbox.add_speaker(talk=False, dave=False)
+    await epochs.wait_for(lambda ts: ts[-1].protocol_version == 0)
+    frames = Recorder(conn.on_audio_frame)
+    await asyncio.gather(talker.talk(20), plain.talk(20))
+    for speaker in (talker, plain):
+        await frames.wait_for(lambda fs, s=speaker: len(payloads_of(fs, s.user_id)) >= 20)
+    # It leaves: the call upgrades back to DAVE and frames are E2EE again.
+    await sandbox.remove_speaker(plain)
+    await epochs.wait_for(lambda ts: ts[-1].protocol_version == 1)
+    assert conn.dave is not None
+    before = conn.dave.stats.decrypted
+    await talker.talk(20)
+    await frames.wait_for(lambda fs: len(payloads_of(fs, talker.user_id)) >= 40)
+    assert conn.dave.stats.decrypted >= before + 20
+
+
+async def test_no_secret_reaches_the_logs(
+    sandbox: Sandbox, join: Join, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    speaker = await sandbox.add_speaker(talk=False)
+    conn = await join(connect=False)
+    raw = Recorder(conn.on_raw_message)
+    frames = Recorder(conn.on_audio_frame)
+    await conn.connect()
+    assert any(isinstance(m, SessionDescription) for m in raw.items)
+    await speaker.talk(10)
+    await frames.wait_for(count(10))
+    assert conn.token is not None and conn.rtp is not None
+    secrets = [conn.token.reveal(), sandbox.bot_token, sandbox.voice_token]
+    key = conn.rtp.cipher._key
+    secrets += [key.hex(), str(list(key)), repr(key)]
+    shown = caplog.text + repr(conn) + "".join(repr(m) for m in raw.items) + repr(conn.rtp)
+    for secret in secrets:
+        assert secret not in shown
