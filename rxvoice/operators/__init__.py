@@ -23,8 +23,9 @@ Conventions shared by every operator:
   both on the interleaved stream of everyone and inside
   :func:`group_by_user` groups.
 - **Time from the scheduler.** Deadlines and ticks use the ``scheduler``
-  argument, else the one given to ``subscribe``, else RxPY's
-  ``TimeoutScheduler``; never the wall clock directly. Under a
+  argument, else the one given to ``subscribe``, else an ``AsyncIOScheduler``
+  on the running asyncio loop, else RxPY's ``TimeoutScheduler``; never the
+  wall clock directly. Under a
   ``reactivex.testing.TestScheduler`` the whole pipeline runs in virtual time
   (see :mod:`rxvoice.testing.marbles`).
 - **Errors.** An exception from a user callback (a path function, a
