@@ -1,16 +1,17 @@
-"""What several operators share: scheduler time, stream keys, diagnostics."""
+"""What several operators share: scheduler time, stream keys, per-stream state, diagnostics."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import Counter
-from collections.abc import Callable
-from typing import Protocol, TypeAlias
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from reactivex import abc
+from reactivex import Observable, abc
 from reactivex.scheduler import TimeoutScheduler
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
@@ -19,6 +20,14 @@ from rxvoice.events import Diagnostic
 logger = logging.getLogger("rxvoice.operators")
 
 PcmArray: TypeAlias = npt.NDArray[np.int16]
+
+RTP_RATE = 48_000
+"""RTP timestamps count 48 kHz samples whatever rate the PCM has."""
+
+_In = TypeVar("_In", contravariant=True)
+_Out = TypeVar("_Out", covariant=True)
+_A = TypeVar("_A", bound="UserItem")
+_B = TypeVar("_B")
 
 StreamKey: TypeAlias = "str | tuple[str, int | None]"
 """Whose audio an item is: the user id, or ``("ssrc", ssrc)`` when the user is unknown."""
@@ -99,3 +108,66 @@ class Reporter:
             logger.debug("%s (ssrc=%s, user=%s): %s", kind, ssrc, user_id, detail)
         if self._callback is not None:
             self._callback(Diagnostic(kind, detail, ssrc, user_id))
+
+
+class StreamProcessor(Protocol[_In, _Out]):
+    """The state of one user's (or one SSRC's) stream inside a per-stream operator."""
+
+    def push(self, item: _In) -> Iterable[_Out]:
+        """Take one item of this stream; return what to emit now."""
+        ...
+
+    def flush(self) -> Iterable[_Out]:
+        """The source completed: return what is still held."""
+        ...
+
+
+def per_stream(
+    new: Callable[[_A], StreamProcessor[_A, _B]],
+) -> Callable[[Observable[_A]], Observable[_B]]:
+    """Build an operator that keeps one :class:`StreamProcessor` per user.
+
+    Items are routed by :func:`stream_key`; ``new(first_item)`` creates a
+    stream's processor. On completion every processor is flushed, in order of
+    first appearance. An exception from a processor goes to ``on_error``.
+    Shared state is guarded by a lock, as RxPY's operators do.
+    """
+
+    def operator(source: Observable[_A]) -> Observable[_B]:
+        def subscribe(
+            observer: abc.ObserverBase[_B], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            lock = threading.RLock()
+            streams: dict[StreamKey, StreamProcessor[_A, _B]] = {}
+
+            def on_next(item: _A) -> None:
+                with lock:
+                    key = stream_key(item)
+                    try:
+                        processor = streams.get(key)
+                        if processor is None:
+                            processor = streams[key] = new(item)
+                        out = list(processor.push(item))
+                    except Exception as error:  # a user's bad argument or data
+                        observer.on_error(error)
+                        return
+                    for value in out:
+                        observer.on_next(value)
+
+            def on_completed() -> None:
+                with lock:
+                    try:
+                        out = [value for p in streams.values() for value in p.flush()]
+                    except Exception as error:
+                        observer.on_error(error)
+                        return
+                    streams.clear()
+                    for value in out:
+                        observer.on_next(value)
+                    observer.on_completed()
+
+            return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
+
+        return Observable(subscribe)
+
+    return operator

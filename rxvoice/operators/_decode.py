@@ -13,10 +13,8 @@ from reactivex.disposable import CompositeDisposable, Disposable
 from rxvoice.audio.opus import OpusDecoder, packet_has_fec
 from rxvoice.errors import MalformedPacket
 from rxvoice.events import AudioFrame, AudioGap, PcmChunk
-from rxvoice.operators._common import DiagnosticCallback, Reporter
+from rxvoice.operators._common import RTP_RATE, DiagnosticCallback, Reporter
 from rxvoice.protocol.seq import seq_add, seq_diff, ts_add
-
-_RTP_RATE = 48_000
 
 
 class SsrcDecoder:
@@ -87,7 +85,7 @@ class SsrcDecoder:
 
     def _fill(self, frame: AudioFrame, missing: int, out: list[PcmChunk]) -> None:
         decoder = self._decoder
-        step = decoder.frame_samples * _RTP_RATE // decoder.sample_rate
+        step = decoder.frame_samples * RTP_RATE // decoder.sample_rate
         fill = min(missing, self._max_conceal)
         # Timestamps counted back from the packet that ended the loss.
         first_ts = ts_add(frame.timestamp, -missing * step)

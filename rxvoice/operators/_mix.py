@@ -12,9 +12,8 @@ from reactivex.disposable import CompositeDisposable, SerialDisposable
 from rxvoice.audio.mixer import Mixer
 from rxvoice.errors import UsageError
 from rxvoice.events import PcmChunk
-from rxvoice.operators._common import StreamKey, choose_scheduler, now_of, stream_key
+from rxvoice.operators._common import RTP_RATE, StreamKey, choose_scheduler, now_of, stream_key
 
-_RTP_RATE = 48_000
 _TS_MOD = 1 << 32
 
 
@@ -27,7 +26,7 @@ def mix_(
     scheduler: abc.SchedulerBase | None,
 ) -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:
     frame_samples = round(sample_rate * interval)
-    step = round(_RTP_RATE * interval)
+    step = round(RTP_RATE * interval)
     if interval <= 0 or frame_samples < 1 or delay < 0:
         raise UsageError("interval must be positive and delay non-negative")
     Mixer[Any](frame_samples=frame_samples, channels=channels, max_ahead=max_ahead)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from reactivex import Observable
 from reactivex import operators as ops
@@ -14,15 +15,7 @@ from rxvoice.events import PcmChunk
 def _mono(chunk: PcmChunk) -> PcmChunk:
     if chunk.channels == 1 and chunk.pcm.ndim == 2:
         return chunk
-    return PcmChunk(
-        chunk.user_id,
-        chunk.ssrc,
-        chunk.timestamp,
-        to_mono(chunk.pcm).reshape(-1, 1),
-        chunk.sample_rate,
-        chunk.concealed,
-        chunk.recovered,
-    )
+    return replace(chunk, pcm=to_mono(chunk.pcm).reshape(-1, 1))
 
 
 def to_mono_() -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:

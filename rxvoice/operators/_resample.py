@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
-from reactivex import Observable, abc
+from reactivex import Observable
 
 from rxvoice.audio.dsp import Resampler
 from rxvoice.errors import UsageError
 from rxvoice.events import PcmChunk
-from rxvoice.operators._common import PcmArray, StreamKey, stream_key
+from rxvoice.operators._common import RTP_RATE, PcmArray, per_stream
 from rxvoice.protocol.seq import ts_add
-
-_RTP_RATE = 48_000
 
 
 class _StreamResampler:
@@ -64,67 +62,45 @@ class _StreamResampler:
         if out.shape[0] == 0:
             return None
         self._emitted += out.shape[0]
-        timestamp = ts_add(chunk.timestamp, round(offset * _RTP_RATE / self.from_rate))
-        return PcmChunk(
-            chunk.user_id,
-            chunk.ssrc,
-            timestamp,
-            out,
-            self._resampler.to_rate,
-            chunk.concealed,
-            chunk.recovered,
-        )
+        timestamp = ts_add(chunk.timestamp, round(offset * RTP_RATE / self.from_rate))
+        return replace(chunk, timestamp=timestamp, pcm=out, sample_rate=self._resampler.to_rate)
+
+
+class _Converter:
+    """One user's stream: resampled while it is at another rate, passed on when not."""
+
+    __slots__ = ("_stream", "_to_rate")
+
+    def __init__(self, to_rate: int) -> None:
+        self._to_rate = to_rate
+        self._stream: _StreamResampler | None = None
+
+    def push(self, chunk: PcmChunk) -> Iterator[PcmChunk]:
+        if chunk.sample_rate == self._to_rate:
+            yield chunk
+            return
+        stream = self._stream
+        if stream is not None and stream.layout != (chunk.sample_rate, chunk.channels):
+            # The format changed: finish the old stream, start anew.
+            yield from self.flush()
+            stream = None
+        if stream is None:
+            stream = self._stream = _StreamResampler(chunk, self._to_rate)
+        out = stream.process(chunk)
+        if out is not None:
+            yield out
+
+    def flush(self) -> Iterator[PcmChunk]:
+        stream, self._stream = self._stream, None
+        tail = stream.flush() if stream is not None else None
+        if tail is not None:
+            yield tail
 
 
 def resample_(to_rate: int) -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:
     if to_rate < 1:
         raise UsageError(f"to_rate must be positive, got {to_rate}")
-
-    def operator(source: Observable[PcmChunk]) -> Observable[PcmChunk]:
-        def subscribe(
-            observer: abc.ObserverBase[PcmChunk],
-            scheduler: abc.SchedulerBase | None = None,
-        ) -> abc.DisposableBase:
-            lock = threading.RLock()
-            streams: dict[StreamKey, _StreamResampler] = {}
-
-            def on_next(chunk: PcmChunk) -> None:
-                with lock:
-                    if chunk.sample_rate == to_rate:
-                        observer.on_next(chunk)
-                        return
-                    key = stream_key(chunk)
-                    stream = streams.get(key)
-                    if stream is not None and stream.layout != (chunk.sample_rate, chunk.channels):
-                        # The format changed: finish the old stream, start anew.
-                        tail = stream.flush()
-                        if tail is not None:
-                            observer.on_next(tail)
-                        stream = None
-                    if stream is None:
-                        stream = streams[key] = _StreamResampler(chunk, to_rate)
-                    try:
-                        out = stream.process(chunk)
-                    except UsageError as error:
-                        observer.on_error(error)
-                        return
-                    if out is not None:
-                        observer.on_next(out)
-
-            def on_completed() -> None:
-                with lock:
-                    for stream in streams.values():
-                        tail = stream.flush()
-                        if tail is not None:
-                            observer.on_next(tail)
-                    streams.clear()
-                    observer.on_completed()
-
-            return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
-
-        return Observable(subscribe)
-
-    return operator
+    return per_stream(lambda _: _Converter(to_rate))
 
 
 __all__ = ["resample_"]

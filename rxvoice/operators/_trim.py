@@ -2,42 +2,70 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
-from reactivex import Observable, abc
+from reactivex import Observable
 
 from rxvoice.audio.dsp import trim_silence
 from rxvoice.errors import UsageError
 from rxvoice.events import PcmChunk
-from rxvoice.operators._common import PcmArray, StreamKey, stream_key
+from rxvoice.operators._common import RTP_RATE, PcmArray, per_stream
 from rxvoice.protocol.seq import ts_add
 
-_RTP_RATE = 48_000
 
+class _Trimmer:
+    """One user's stream, holding back what it cannot yet tell is trailing silence.
 
-class _UserSilence:
-    """What one user's stream holds back until it knows whether sound follows."""
+    Audio is released one loud chunk late: the silence after a loud chunk is
+    kept only if sound follows, and the last loud chunk is trimmed at the end.
+    """
 
-    __slots__ = ("last_loud", "quiet", "quiet_samples", "started")
+    __slots__ = ("_last_loud", "_loud_span", "_max_pause", "_quiet", "_quiet_samples", "_started")
 
-    def __init__(self) -> None:
-        self.started = False
-        self.last_loud: PcmChunk | None = None  # its trailing silence may need trimming
-        self.quiet: list[PcmChunk] = []  # silence after it: kept only if sound follows
-        self.quiet_samples = 0
+    def __init__(
+        self,
+        loud_span: Callable[[PcmArray], tuple[int, int] | None],
+        max_pause: float | None,
+    ) -> None:
+        self._loud_span = loud_span
+        self._max_pause = max_pause
+        self._started = False
+        self._last_loud: PcmChunk | None = None  # its trailing silence may need trimming
+        self._quiet: list[PcmChunk] = []  # silence after it: kept only if sound follows
+        self._quiet_samples = 0
+
+    def push(self, chunk: PcmChunk) -> Iterator[PcmChunk]:
+        span = self._loud_span(chunk.pcm) if chunk.samples else None
+        if span is None:
+            if self._started:
+                pause = self._max_pause
+                limit = None if pause is None else pause * chunk.sample_rate
+                if limit is None or self._quiet_samples + chunk.samples <= limit:
+                    self._quiet.append(chunk)
+                    self._quiet_samples += chunk.samples
+            return
+        if not self._started:
+            self._started = True
+            self._last_loud = _slice(chunk, span[0], chunk.samples)
+            return
+        if self._last_loud is not None:
+            yield self._last_loud
+        yield from self._quiet
+        self._quiet.clear()
+        self._quiet_samples = 0
+        self._last_loud = chunk
+
+    def flush(self) -> Iterator[PcmChunk]:
+        last = self._last_loud
+        span = self._loud_span(last.pcm) if last is not None else None
+        if last is not None and span is not None:
+            yield _slice(last, 0, span[1])
 
 
 def _slice(chunk: PcmChunk, start: int, stop: int) -> PcmChunk:
-    return PcmChunk(
-        chunk.user_id,
-        chunk.ssrc,
-        ts_add(chunk.timestamp, start * _RTP_RATE // chunk.sample_rate),
-        chunk.pcm[start:stop],
-        chunk.sample_rate,
-        chunk.concealed,
-        chunk.recovered,
-    )
+    later = ts_add(chunk.timestamp, start * RTP_RATE // chunk.sample_rate)
+    return replace(chunk, timestamp=later, pcm=chunk.pcm[start:stop])
 
 
 def trim_silence_(
@@ -54,53 +82,7 @@ def trim_silence_(
         start = (kept.ctypes.data - pcm.ctypes.data) // pcm.strides[0] if pcm.strides[0] else 0
         return start, start + kept.shape[0]
 
-    def operator(source: Observable[PcmChunk]) -> Observable[PcmChunk]:
-        def subscribe(
-            observer: abc.ObserverBase[PcmChunk],
-            scheduler: abc.SchedulerBase | None = None,
-        ) -> abc.DisposableBase:
-            lock = threading.RLock()
-            users: dict[StreamKey, _UserSilence] = {}
-
-            def on_next(chunk: PcmChunk) -> None:
-                with lock:
-                    state = users.setdefault(stream_key(chunk), _UserSilence())
-                    span = loud_span(chunk.pcm) if chunk.samples else None
-                    if span is None:
-                        if state.started:
-                            limit = None if max_pause is None else max_pause * chunk.sample_rate
-                            if limit is None or state.quiet_samples + chunk.samples <= limit:
-                                state.quiet.append(chunk)
-                                state.quiet_samples += chunk.samples
-                        return
-                    if not state.started:
-                        state.started = True
-                        state.last_loud = _slice(chunk, span[0], chunk.samples)
-                        return
-                    if state.last_loud is not None:
-                        observer.on_next(state.last_loud)
-                    for quiet in state.quiet:
-                        observer.on_next(quiet)
-                    state.quiet.clear()
-                    state.quiet_samples = 0
-                    state.last_loud = chunk
-
-            def on_completed() -> None:
-                with lock:
-                    for state in users.values():
-                        last = state.last_loud
-                        if last is not None:
-                            span = loud_span(last.pcm)
-                            if span is not None:
-                                observer.on_next(_slice(last, 0, span[1]))
-                    users.clear()
-                    observer.on_completed()
-
-            return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
-
-        return Observable(subscribe)
-
-    return operator
+    return per_stream(lambda _: _Trimmer(loud_span, max_pause))
 
 
 __all__ = ["trim_silence_"]

@@ -13,10 +13,15 @@ from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposab
 from rxvoice.audio.dsp import VoiceActivity, VoiceActivityDetector
 from rxvoice.audio.opus import FRAME_DURATION, SAMPLES_PER_FRAME
 from rxvoice.events import AudioGap, PcmChunk, VoiceActivityChange
-from rxvoice.operators._common import PcmArray, StreamKey, choose_scheduler, now_of, stream_key
+from rxvoice.operators._common import (
+    RTP_RATE,
+    PcmArray,
+    StreamKey,
+    choose_scheduler,
+    now_of,
+    stream_key,
+)
 from rxvoice.protocol.seq import ts_add
-
-_RTP_RATE = 48_000
 
 
 class _UserActivity:
@@ -115,7 +120,7 @@ def voice_activity_(
                             ts = ts_add(item.timestamp, k * SAMPLES_PER_FRAME)
                             changes.append(state.feed(None, ts, SAMPLES_PER_FRAME))
                     else:
-                        length = item.samples * _RTP_RATE // item.sample_rate
+                        length = item.samples * RTP_RATE // item.sample_rate
                         # Concealed audio is a guess for a missing packet: quiet.
                         pcm = None if item.concealed else item.pcm
                         changes.append(state.feed(pcm, item.timestamp, length))
