@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import signal
 import socket
 
 import pytest
@@ -461,3 +463,16 @@ async def test_no_secret_reaches_the_logs(
     shown = caplog.text + repr(conn) + "".join(repr(m) for m in raw.items) + repr(conn.rtp)
     for secret in secrets:
         assert secret not in shown
+
+
+async def test_force_close_from_a_signal_handler(join: Join) -> None:
+    conn = await join()
+    states = Recorder(conn.state)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, conn.force_close)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await states.wait_for(lambda ss: ss[-1] is ConnectionState.CLOSED)
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+    assert not conn.udp.is_open and not conn.web_socket.is_open
