@@ -113,9 +113,9 @@ class ConnectionStats:
     dave_failures: int = 0
     unmapped_expired: int = 0
     frames_sent: int = 0
+    frames_dropped: int = 0
     reconnects: int = 0
     resumes: int = 0
-    subscriber_errors: int = 0
 
 
 class _Reconnect(Exception):
@@ -149,8 +149,10 @@ class Connection:
             user before the DAVE session re-initialises.
         max_missed_heartbeats: Unacknowledged heartbeats before resuming.
         max_reconnect_attempts: Consecutive failed (re)connects before giving up.
-        move_timeout: Seconds to wait, after close code 4014 or a null endpoint,
-            for the new voice server credentials of a move or reallocation.
+        move_timeout: Seconds to wait, after close code 4014, for the new voice
+            server credentials of a move before treating it as a kick.
+        endpoint_timeout: Seconds to wait, after ``VOICE_SERVER_UPDATE`` brought
+            a null endpoint, for the next voice server.
         logger: Where to log; ``logging.getLogger("rxvoice.connection")`` by default.
 
     Example:
@@ -180,6 +182,7 @@ class Connection:
         max_missed_heartbeats: int = 3,
         max_reconnect_attempts: int = 5,
         move_timeout: float = 5.0,
+        endpoint_timeout: float = 60.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.guild_id = str(guild_id)
@@ -221,12 +224,18 @@ class Connection:
         self._closing = False
         self._reconnecting = False
         self._heartbeat_dead = False
+        self._in_force_close = False
+        self._disposed = False  # close() completed the streams: no reuse
+        self._requesting = False  # request_voice() is waiting for its own dispatches
+        self._given_credentials = bool(session_id and token and endpoint)
+        self._last_epoch = 0
         self._readies = 0
         # Credentials the shard announced while we were connected (move, reallocation).
         self._new_info: VoiceServerInfo | None = None
         self._info_arrived = asyncio.Event()
         self._awaiting_endpoint = False
         self.move_timeout = move_timeout
+        self.endpoint_timeout = endpoint_timeout
         self._speaking = SpeakingFlags.NONE
         self._voice_updates: Any = None
 
@@ -387,6 +396,8 @@ class Connection:
                 (:class:`~rxvoice.errors.DaveRequired` for 4017).
             TimeoutError: If the connection was not ready in ``timeout`` seconds.
         """
+        if self._disposed:
+            raise UsageError("this connection was closed with close(); create a new one")
         if self._runner is not None and not self._runner.done():
             raise UsageError("the connection is already connecting or connected")
         self._closing = False
@@ -422,7 +433,8 @@ class Connection:
             if self._runner is None or self._runner.done():
                 await self.connect(timeout=timeout)
                 return
-            self._ready = asyncio.get_running_loop().create_future()
+            if self._ready is None or self._ready.done():
+                self._ready = asyncio.get_running_loop().create_future()
             self.web_socket.abort()  # the runner resumes
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         finally:
@@ -438,20 +450,31 @@ class Connection:
         Args:
             code: A close code to send to the server (none by default).
         """
+        if self._in_force_close:
+            return  # called again from a subscriber of what this call emits
+        self._in_force_close = True
+        try:
+            self._force_close(code)
+        finally:
+            self._in_force_close = False
+
+    def _force_close(self, code: int | None) -> None:
         was_open = self.current_state not in (ConnectionState.IDLE, ConnectionState.CLOSED)
         self._closing = True
+        # Cancelling the current task too (force_close called from a subscriber
+        # inside the runner) stops it at its next await.
         runner, self._runner = self._runner, None
-        if runner is not None and runner is not asyncio.current_task():
+        if runner is not None:
             runner.cancel()
         for task in list(self._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
+            task.cancel()
         self._tasks.clear()
         self.web_socket.abort(code)
         self.udp.close()
         self._teardown_session()
         self._session = None
         self._new_info, self._awaiting_endpoint = None, False
+        self._heartbeat_dead = False
         self._info_arrived.clear()
         if self._voice_updates is not None:
             self._voice_updates.dispose()
@@ -459,20 +482,23 @@ class Connection:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(ConnectionClosed(code, "closed locally"))
             self._ready.exception()  # mark retrieved: nobody may be waiting
+        self._set_state(ConnectionState.CLOSED)
         if was_open:
             self._emit(self._on_disconnected, Disconnected(code, False, "closed locally"))
-        self._set_state(ConnectionState.CLOSED)
 
     async def disconnect(self) -> None:
         """Leave the voice channel (op 4 with no channel, through the shard), then :meth:`close`."""
-        if self.shard is not None:
-            with contextlib.suppress(UsageError):
-                await self.shard.update_voice_state(self.guild_id, None)
-        await self.close()
+        try:
+            if self.shard is not None:
+                with contextlib.suppress(UsageError):
+                    await self.shard.update_voice_state(self.guild_id, None)
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         """Close the connection (see :meth:`force_close`) and complete every observable."""
         self.force_close(1000 if self.web_socket.is_open else None)
+        self._disposed = True
         await asyncio.sleep(0)  # let cancelled tasks finish
         for stream in self._streams:
             stream.on_completed()
@@ -532,13 +558,18 @@ class Connection:
                 )
 
         subscription = shard.voice_updates.subscribe(on_update)
+        # Our own request's answer is not a move: keep _on_voice_update out of it.
+        self._requesting = True
         try:
             await shard.update_voice_state(
                 self.guild_id, self.channel_id, self_mute=self.self_mute, self_deaf=self.self_deaf
             )
             info = await asyncio.wait_for(got, timeout)
         finally:
+            self._requesting = False
             subscription.dispose()
+        self._new_info = None
+        self._info_arrived.clear()
         self.session_id, self.token, self.endpoint = info.session_id, info.token, info.endpoint
         self._user_id = info.user_id
         return info
@@ -559,23 +590,39 @@ class Connection:
         """DAVE-encrypt, packetise, transport-encrypt and send one 20 ms Opus frame.
 
         Sends op 5 (Microphone) first if we are not speaking yet. Pace calls
-        yourself every 20 ms, or use :meth:`play_opus`.
+        yourself every 20 ms, or use :meth:`play_opus`. While the WebSocket
+        resumes, frames are dropped (and counted): real-time audio cannot wait.
 
         Raises:
             UsageError: If the connection is not ready.
         """
-        if self.rtp is None or self.dave is None or self.current_state is not ConnectionState.READY:
-            raise UsageError("the connection is not ready to send audio")
-        if not self._speaking:
-            await self.set_speaking(SpeakingFlags.MICROPHONE)
-        self._send_frame(frame)
+        if self._can_send(frame):
+            if not self._speaking:
+                await self.set_speaking(SpeakingFlags.MICROPHONE)
+            self._send_frame(frame)
 
     async def stop_speaking(self) -> None:
-        """Send five silence frames (no Opus interpolation artefacts), then op 5 off."""
+        """Send five silence frames (no Opus interpolation artefacts), then op 5 off.
+
+        Raises:
+            UsageError: If the connection is not ready.
+        """
         for _ in range(SILENCE_FRAMES_ON_STOP):
-            self._send_frame(SILENCE_FRAME)
+            if self._can_send(SILENCE_FRAME):
+                self._send_frame(SILENCE_FRAME)
             await asyncio.sleep(FRAME_DURATION)
-        await self.set_speaking(SpeakingFlags.NONE)
+        if self.current_state is ConnectionState.READY:
+            await self.set_speaking(SpeakingFlags.NONE)
+
+    def _can_send(self, frame: bytes) -> bool:
+        state = self.current_state
+        if self.rtp is not None and self.dave is not None:
+            if state is ConnectionState.READY:
+                return True
+            if state is ConnectionState.RESUMING:
+                self.stats.frames_dropped += 1
+                return False
+        raise UsageError("the connection is not ready to send audio")
 
     async def play_opus(
         self, frames: Iterable[bytes] | AsyncIterable[bytes], *, stop: bool = True
@@ -604,14 +651,17 @@ class Connection:
             else:
                 deadline = loop.time()  # we fell behind: do not burst to catch up
 
-        if isinstance(frames, AsyncIterable):
-            async for frame in frames:
-                await pace(frame)
-        else:
-            for frame in frames:
-                await pace(frame)
-        if stop and sent:
-            await self.stop_speaking()
+        try:
+            if isinstance(frames, AsyncIterable):
+                async for frame in frames:
+                    await pace(frame)
+            else:
+                for frame in frames:
+                    await pace(frame)
+        finally:
+            # Also when cancelled or failing midway: end the talk spurt cleanly.
+            if stop and sent and self.current_state is ConnectionState.READY:
+                await asyncio.shield(self.stop_speaking())
         return sent
 
     def _send_frame(self, frame: bytes) -> None:
@@ -623,7 +673,11 @@ class Connection:
     # -- the session runner -------------------------------------------------------------
 
     async def _credentials(self) -> VoiceServerInfo:
-        if self.session_id and self.token is not None and self.endpoint:
+        # Voice credentials are never cached (protocol.md §2): with a shard, every
+        # new session asks for fresh ones; given ones are used as given.
+        if self._given_credentials or self.shard is None:
+            if not (self.session_id and self.token is not None and self.endpoint):
+                raise UsageError("give session_id, token and endpoint, or a shard to request them")
             user_id = self.user_id
             if user_id is None:
                 raise UsageError("user_id is needed when credentials are given directly")
@@ -635,11 +689,21 @@ class Connection:
                 token=self.token,
                 endpoint=self.endpoint,
             )
-        if self.shard is None:
-            raise UsageError("give session_id, token and endpoint, or a shard to request them")
         return await self.request_voice()
 
     async def _run(self, resume: bool) -> None:
+        try:
+            await self._run_sessions(resume)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug or an unforeseen failure: end visibly and release everything.
+            self.logger.exception("voice connection failed")
+            reason = f"internal error: {exc!r}"
+            self._emit(self._on_disconnected, Disconnected(None, False, reason))
+            self._finish(None, reason)
+
+    async def _run_sessions(self, resume: bool) -> None:
         failures = 0
         while not self._closing:
             readies = self._readies
@@ -697,8 +761,9 @@ class Connection:
             # credentials may follow from the main gateway: wait for them.
             if self._new_info is None:
                 self._set_state(ConnectionState.RECONNECTING)
+                wait = self.endpoint_timeout if self._awaiting_endpoint else self.move_timeout
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._info_arrived.wait(), self.move_timeout)
+                    await asyncio.wait_for(self._info_arrived.wait(), wait)
             self._awaiting_endpoint = False
             if self._new_info is None:
                 return ClosePolicy.FINAL, reason
@@ -720,14 +785,16 @@ class Connection:
             return None
         if not resume:
             self._set_state(ConnectionState.IDENTIFYING)
-        await self.send(session.opening_message(resume=resume))
         try:
+            await self.send(session.opening_message(resume=resume))
             async for frame in self.web_socket.frames():
-                try:
-                    await self._on_frame(frame)
-                except _Reconnect:
-                    self.web_socket.abort()
-                    break
+                await self._on_frame(frame)
+        except _Reconnect:
+            self.web_socket.abort()
+        except UsageError:
+            # The socket was dropped under us (reconnect(), a move, missed ACKs)
+            # while a handler was still sending: that is just a close.
+            self.web_socket.abort()
         finally:
             self.web_socket.stop_heartbeat()
         return self.web_socket.close_code
@@ -742,6 +809,7 @@ class Connection:
         self._runner = None
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(error)
+            self._ready.exception()  # retrieved: connect() may have stopped waiting
         self._set_state(ConnectionState.CLOSED)
 
     def _teardown_session(self) -> None:
@@ -754,6 +822,7 @@ class Connection:
         self.ssrcs.clear()
         self.users.clear()
         self._undecrypted.clear()
+        self._last_epoch = 0
         self._speaking = SpeakingFlags.NONE
         if self._timer is not None:
             self._timer.cancel()
@@ -805,7 +874,7 @@ class Connection:
                 if self.dave is not None:
                     self.dave.remove_user(user_id)
                 for ssrc in self.ssrcs.ssrcs_of(user_id):
-                    self._drain_jitter(ssrc, now, drop=True)
+                    self._drain_jitter(ssrc)
                 self.ssrcs.forget_user(user_id)
                 self._emit(self._on_client_disconnect, ClientDisconnect(user_id))
             case _:
@@ -817,12 +886,13 @@ class Connection:
         session = self._session
         if session is None:
             return None
+        beat = session.heartbeat(asyncio.get_running_loop().time())
         if session.heartbeats.dead:
             self.logger.warning("%d heartbeats unacknowledged; resuming", session.heartbeats.missed)
             self._heartbeat_dead = True
             self.web_socket.abort()
             return None
-        return serialize(session.heartbeat(asyncio.get_running_loop().time()))
+        return serialize(beat)
 
     async def _on_ready_message(self, ready: Ready) -> None:
         session = self._session
@@ -834,7 +904,8 @@ class Connection:
                 await self.udp.open(ready.ip, ready.port)
             found = await self.udp.discover(ready.ssrc)
             mode = choose_mode(ready.modes)
-        except (OSError, TimeoutError, ProtocolError) as exc:
+        except (OSError, ValueError, TimeoutError, ProtocolError) as exc:
+            # ValueError: e.g. an IP that cannot even be encoded for resolution.
             self.logger.warning("voice UDP setup failed: %s", exc)
             self._diagnose("udp_setup_failed", str(exc))
             raise _Reconnect from exc
@@ -845,8 +916,16 @@ class Connection:
 
     def _on_session_description(self, description: SessionDescription, now: float) -> None:
         session = self._session
-        assert session is not None and session.ssrc is not None
-        self.rtp = RtpCrypto(EncryptionMode(description.mode), description.secret_key, session.ssrc)
+        assert session is not None
+        try:
+            mode = EncryptionMode(description.mode)
+        except ValueError:
+            self._diagnose("unexpected_message", f"unsupported mode in op 4: {description.mode!r}")
+            raise _Reconnect from None
+        if session.ssrc is None:
+            self._diagnose("unexpected_message", "op 4 before op 2; ignored")
+            return
+        self.rtp = RtpCrypto(mode, description.secret_key, session.ssrc)
         user_id = self.user_id
         assert user_id is not None
         self.dave = DaveManager(
@@ -880,12 +959,14 @@ class Connection:
         dave = self.dave
         if dave is None:
             return
-        epoch = dave.epoch
         out = dave.poll()
         for message in out.send:
             await self.send(message)
         for transition in out.transitions:
             self._emit(self._on_dave_epoch_transition, transition)
+        # New keys (a processed commit or welcome, or an executed transition):
+        # frames that failed before may decrypt now.
+        epoch, self._last_epoch = self._last_epoch, dave.epoch
         if self._undecrypted and (out.transitions or dave.epoch != epoch):
             self._retry_undecrypted(asyncio.get_running_loop().time())
             self._schedule_timer()
@@ -897,9 +978,17 @@ class Connection:
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` as a task owned by the connection (cancelled by force_close)."""
-        task = asyncio.get_running_loop().create_task(work)
+        task = asyncio.get_running_loop().create_task(self._quietly(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _quietly(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except UsageError:
+            pass  # the socket closed before a background send: the close says it all
+        except Exception:
+            self.logger.exception("background task of the voice connection failed")
 
     # -- the receive path ---------------------------------------------------------------
 
@@ -1013,9 +1102,10 @@ class Connection:
                 self._deliver(user_id, ssrc, frame, now)
             self._schedule_timer()
 
-    def _drain_jitter(self, ssrc: int, now: float, *, drop: bool = False) -> None:
+    def _drain_jitter(self, ssrc: int) -> None:
+        """Release what an SSRC's jitter buffer holds (its user left) and forget it."""
         jitter = self.jitters.pop(ssrc, None)
-        if jitter is not None and not drop:
+        if jitter is not None:
             self._release(jitter.flush())
 
     def _schedule_timer(self) -> None:
@@ -1069,7 +1159,7 @@ class Connection:
             self.channel_id = update.channel_id
             self.session_id = update.session_id
             return
-        if update.guild_id != self.guild_id or self._reconnecting:
+        if update.guild_id != self.guild_id or self._requesting:
             return
         if update.endpoint is None:
             # The voice server is being reallocated: leave it and wait for the next.

@@ -62,6 +62,10 @@ DAVE_PROTOCOL_VERSION: int = davey.DAVE_PROTOCOL_VERSION
 
 SessionFactory = Callable[[int, int, int], davey.DaveSession]
 
+# How long after a transition is prepared decryption failures are not counted
+# towards the tolerance (senders may switch keys before we do, or after).
+_TRANSITION_GRACE = 10.0
+
 _OPERATIONS = {
     ProposalsOperation.APPEND: davey.ProposalsOperationType.append,
     ProposalsOperation.REVOKE: davey.ProposalsOperationType.revoke,
@@ -135,6 +139,7 @@ class DaveManager:
         self.recognised: set[str] = set()
         self.stats = DaveStats()
         self._pending: dict[int, int] = {}  # transition id -> protocol version
+        self._prepared_at = 0.0  # when the latest transition was prepared
         self._passthrough_until = 0.0
         self._last_transition_id = 0
         self._consecutive_failures: dict[str, int] = {}
@@ -235,6 +240,7 @@ class DaveManager:
 
     def _prepare_transition(self, version: int, tid: int, now: float) -> None:
         self._pending[tid] = version
+        self._prepared_at = now
         if version == 0:
             # Receivers must accept plain frames as soon as a downgrade is announced.
             self._passthrough_until = max(self._passthrough_until, now + self.downgrade_passthrough)
@@ -313,6 +319,7 @@ class DaveManager:
             # without a group does), and some are still in flight.
             self._passthrough_until = max(self._passthrough_until, now + self.upgrade_passthrough)
         self._pending[tid] = self.protocol_version or self.max_protocol_version
+        self._prepared_at = now
         if tid == 0:
             self._execute_transition(0, now)
         else:
@@ -368,21 +375,26 @@ class DaveManager:
                 # A sender without an established group sends plain frames.
                 self.stats.passed_through += 1
                 return frame
-            self._failed(user_id, "no established DAVE group")
+            # Expected while we wait to be welcomed: counted, never a reason to reset.
+            self._failed(user_id, "no established DAVE group", now, tolerated=False)
             return None
         try:
             opus = session.decrypt(int(user_id), davey.MediaType.audio, frame)
         except (ValueError, OverflowError) as exc:
-            self._failed(user_id, str(exc))
+            self._failed(user_id, str(exc), now)
             return None
         self._consecutive_failures[user_id] = 0
         self.stats.decrypted += 1
         return opus
 
-    def _failed(self, user_id: str, why: str) -> None:
+    def _failed(self, user_id: str, why: str, now: float, *, tolerated: bool = True) -> None:
         stats = self.stats
         stats.decrypt_failures += 1
         stats.failures_by_user[user_id] = stats.failures_by_user.get(user_id, 0) + 1
+        if not tolerated or (self._pending and now - self._prepared_at < _TRANSITION_GRACE):
+            # Without a group, or while a transition is under way, failures are
+            # expected and re-initialising would only delay the group further.
+            return
         count = self._consecutive_failures.get(user_id, 0) + 1
         self._consecutive_failures[user_id] = count
         if logger.isEnabledFor(logging.DEBUG):

@@ -67,19 +67,21 @@ class VoiceServerInfo:
 class HeartbeatTracker:
     """Heartbeat nonces, round-trip times and missed ACKs.
 
+    An ACK for any heartbeat still unanswered proves the connection alive (a
+    late one included), and resets the count.
+
     Args:
         max_missed: How many heartbeats in a row may go unacknowledged before
             the connection counts as dead (discord.js uses 3).
     """
 
-    __slots__ = ("_last_sent", "_pending", "max_missed", "missed", "rtt")
+    __slots__ = ("_unanswered", "max_missed", "missed", "rtt")
 
     def __init__(self, max_missed: int = 3) -> None:
         self.max_missed = max_missed
         self.missed = 0
         self.rtt: float | None = None
-        self._pending: int | None = None
-        self._last_sent = 0.0
+        self._unanswered: dict[int, float] = {}  # nonce -> when it was sent
 
     @property
     def dead(self) -> bool:
@@ -93,25 +95,30 @@ class HeartbeatTracker:
             now: Current time in seconds.
             seq_ack: The last ``seq`` received, or ``None`` when none was.
         """
-        if self._pending is not None:
+        if self._unanswered:
             self.missed += 1
         nonce = int(now * 1000) & 0xFFFF_FFFF_FFFF
-        if nonce == self._pending:
+        while nonce in self._unanswered:
             nonce += 1
-        self._pending, self._last_sent = nonce, now
+        self._unanswered[nonce] = now
+        if len(self._unanswered) > self.max_missed + 1:
+            del self._unanswered[next(iter(self._unanswered))]
         return Heartbeat(nonce=nonce, seq_ack=seq_ack)
 
     def ack(self, message: HeartbeatAck, now: float) -> float | None:
-        """Record an ACK; return the round trip in milliseconds if it matches."""
-        if self._pending is None or message.nonce != self._pending:
+        """Record an ACK; return the round trip in milliseconds if it answers one of ours."""
+        sent = self._unanswered.get(message.nonce)
+        if sent is None:
             return None
-        self._pending, self.missed = None, 0
-        self.rtt = (now - self._last_sent) * 1000.0
+        self._unanswered.clear()
+        self.missed = 0
+        self.rtt = (now - sent) * 1000.0
         return self.rtt
 
     def reset(self) -> None:
         """Forget pending heartbeats (a new WebSocket starts clean)."""
-        self._pending, self.missed = None, 0
+        self._unanswered.clear()
+        self.missed = 0
 
 
 class VoiceSession:

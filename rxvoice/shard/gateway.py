@@ -17,7 +17,6 @@ import ssl as ssl_module
 from typing import Any
 
 from reactivex import Observable
-from reactivex.subject import Subject
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -25,6 +24,8 @@ from rxvoice.errors import ConnectionClosed as RxConnectionClosed
 from rxvoice.errors import MalformedMessage, UsageError
 from rxvoice.secret import Secret
 from rxvoice.shard.base import VoiceServerUpdate, VoiceStateUpdate, VoiceUpdate
+from rxvoice.streams import EventStream
+from rxvoice.transport.websocket import FRAMES_LOGGER
 
 __all__ = ["GatewayShard"]
 
@@ -70,7 +71,7 @@ class GatewayShard:
         self._task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
-        self._voice_updates: Subject[VoiceUpdate] = Subject()
+        self._voice_updates: EventStream[VoiceUpdate] = EventStream()
 
     def __repr__(self) -> str:
         return f"GatewayShard(url={self.url!r}, user_id={self._user_id!r})"
@@ -136,7 +137,10 @@ class GatewayShard:
         ws = self._ws
         if ws is None:
             raise UsageError("shard is not connected")
-        await ws.send(json.dumps(payload))
+        try:
+            await ws.send(json.dumps(payload))
+        except ConnectionClosed as exc:
+            raise UsageError("shard connection closed") from exc
 
     async def _run(self) -> None:
         backoff = 0.5
@@ -156,7 +160,11 @@ class GatewayShard:
             self._stop_heartbeat()
 
     async def _session(self) -> int | None:
-        kwargs: dict[str, Any] = {"max_size": 1 << 24, "ping_interval": None}
+        kwargs: dict[str, Any] = {
+            "max_size": 1 << 24,
+            "ping_interval": None,
+            "logger": FRAMES_LOGGER,
+        }
         if self.url.startswith("wss://"):
             kwargs["ssl"] = self._ssl or ssl_module.create_default_context()
         try:
@@ -171,11 +179,14 @@ class GatewayShard:
                     await self._handle(json.loads(frame))
                 except (ValueError, MalformedMessage, KeyError, TypeError) as exc:
                     logger.warning("malformed gateway message ignored: %s", exc)
+                except UsageError:
+                    break  # our reply could not be sent: the connection is closing
         except ConnectionClosed:
             pass
         finally:
             self._stop_heartbeat()
             self._ws = None
+            ws.transport.abort()  # closed or cancelled: release the socket either way
         received = ws.protocol.close_rcvd
         return received.code if received is not None else None
 

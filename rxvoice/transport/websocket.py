@@ -17,9 +17,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from rxvoice.errors import UsageError
 
-__all__ = ["WebSocketTransport"]
+__all__ = ["FRAMES_LOGGER", "WebSocketTransport"]
 
 logger = logging.getLogger(__name__)
+
+# websockets logs every frame at DEBUG, Identify (with its token) included: give
+# it a logger of its own that stays at INFO even when the application debugs.
+FRAMES_LOGGER = logging.getLogger("rxvoice.transport.frames")
+FRAMES_LOGGER.setLevel(logging.INFO)
 
 Frame = str | bytes
 
@@ -66,6 +71,7 @@ class WebSocketTransport:
             "compression": None,
             # Heartbeating is the voice protocol's job (op 3), not WebSocket pings'.
             "ping_interval": None,
+            "logger": FRAMES_LOGGER,
         }
         if url.startswith("wss://"):
             kwargs["ssl"] = ssl if ssl is not None else ssl_module.create_default_context()
@@ -157,8 +163,11 @@ class WebSocketTransport:
         self._ws = None
 
     async def _heartbeat_loop(self, interval: float, beat: Callable[[], Frame | None]) -> None:
+        me = asyncio.current_task()
         while True:
             await asyncio.sleep(interval)
+            if self._heartbeat is not me or self._ws is None:
+                return  # stopped (possibly from inside beat()) or the socket is gone
             frame = beat()
             ws = self._ws
             if frame is None or ws is None:

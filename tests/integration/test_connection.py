@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -476,3 +477,125 @@ async def test_force_close_from_a_signal_handler(join: Join) -> None:
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
     assert not conn.udp.is_open and not conn.web_socket.is_open
+
+
+async def test_after_a_new_session_drops_resume_and_final_codes_stay_final(
+    sandbox: Sandbox, join: Join
+) -> None:
+    conn = await join(move_timeout=0.2)
+    assert conn.user_id is not None
+    readies = Recorder(conn.on_ready)
+    raw = Recorder(conn.on_raw_message)
+    closes = Recorder(conn.on_disconnected)
+    sandbox.force_close(conn.user_id, 4006)  # new session, credentials from the shard
+    await readies.wait_for(count(1))
+    sandbox.force_close(conn.user_id, None)  # a drop: must resume, not start over
+    await raw.wait_for(lambda ms: any(isinstance(m, Resumed) for m in ms))
+    assert len(readies.items) == 1
+    sandbox.force_close(conn.user_id, 4022)  # call terminated: must end
+    await closes.wait_for(lambda cs: cs[-1].code == 4022)
+    assert not closes.items[-1].will_reconnect
+    await Recorder(conn.state).wait_for(lambda ss: ss[-1] is ConnectionState.CLOSED)
+
+
+async def test_reconnect_while_connecting(join: Join) -> None:
+    conn = await join(connect=False)
+    connecting = asyncio.ensure_future(conn.connect())
+    await Recorder(conn.state).wait_for(lambda ss: ss[-1] is ConnectionState.IDENTIFYING)
+    await conn.reconnect()
+    await connecting
+    assert conn.current_state is ConnectionState.READY
+
+
+@pytest.mark.parametrize("when", [ConnectionState.DISCOVERING, ConnectionState.SELECTING_PROTOCOL])
+async def test_force_close_from_a_subscriber_in_the_handshake(
+    join: Join, when: ConnectionState
+) -> None:
+    conn = await join(connect=False)
+    conn.state.subscribe(lambda s: conn.force_close() if s is when else None)
+    with pytest.raises(ConnectionClosed):
+        await conn.connect()
+    await asyncio.sleep(0)  # one turn for the cancelled runner to unwind
+    assert conn.current_state is ConnectionState.CLOSED
+    assert not conn.udp.is_open and not conn.web_socket.is_open
+    mine = ("rxvoice-connection", "rxvoice-heartbeat")  # the shard lives on, by design
+    assert not [t for t in asyncio.all_tasks() if t.get_name() in mine and not t.done()]
+
+
+async def test_force_close_from_on_disconnected_does_not_recurse(
+    sandbox: Sandbox, join: Join
+) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    seen = Recorder(conn.on_disconnected)
+    conn.on_disconnected.subscribe(lambda _: conn.force_close())
+    sandbox.force_close(conn.user_id, 4006)
+    await Recorder(conn.state).wait_for(lambda ss: ss[-1] is ConnectionState.CLOSED)
+    # The 4006, then our own close: once, not re-entered from its own event.
+    assert [(d.code, d.will_reconnect) for d in seen.items] == [(4006, True), (None, False)]
+
+
+@pytest.mark.sandbox(heartbeat_interval=60.0)
+async def test_one_heartbeat_task_after_a_resume_and_none_after_close(
+    sandbox: Sandbox, join: Join
+) -> None:
+    conn = await join(max_missed_heartbeats=2)
+    raw = Recorder(conn.on_raw_message)
+    sandbox.set_faults(drop_heartbeat_acks=1.0)
+    await Recorder(conn.on_disconnected).wait_for(count(1))
+    sandbox.set_faults(drop_heartbeat_acks=0.0)
+    await raw.wait_for(lambda ms: any(isinstance(m, Resumed) for m in ms))
+    await Recorder(conn.on_heartbeat).wait_for(count(1))
+
+    def beating() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if t.get_name() == "rxvoice-heartbeat"]
+
+    await asyncio.sleep(0)
+    assert len([t for t in beating() if not t.done()]) == 1
+    conn.force_close()
+    await asyncio.sleep(0)
+    assert not [t for t in beating() if not t.done()]
+
+
+async def test_credentials_are_not_reused_after_a_leave(sandbox: Sandbox, join: Join) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    sandbox.leave(conn.user_id)  # the old voice token is dead now
+    await Recorder(conn.state).wait_for(lambda ss: ss[-1] is ConnectionState.CLOSED)
+    closes = Recorder(conn.on_disconnected)
+    await conn.connect()  # asks the shard again instead of identifying with the old token
+    assert conn.current_state is ConnectionState.READY
+    assert all(c.code != 4004 for c in closes.items)
+
+
+async def test_connect_after_close_is_a_usage_error(join: Join) -> None:
+    conn = await join()
+    await conn.close()
+    with pytest.raises(UsageError, match="close"):
+        await conn.connect()
+
+
+async def test_cancelled_playback_still_ends_the_talk_spurt(sandbox: Sandbox, join: Join) -> None:
+    alice = await join()
+    bob = await join()
+    speaking = Recorder(bob.on_speaking)
+    frames = Recorder(bob.on_audio_frame)
+    assert alice.user_id is not None
+
+    async def forever() -> AsyncIterator[bytes]:
+        while True:
+            yield b"\xfc\x01\x02\x03"
+
+    playing = asyncio.ensure_future(alice.play_opus(forever()))
+    await frames.wait_for(lambda fs: len(payloads_of(fs, alice.user_id)) >= 5)
+    playing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await playing
+    await speaking.wait_for(
+        lambda es: any(e.user_id == alice.user_id and e.flags == SpeakingFlags.NONE for e in es)
+    )
+    await frames.wait_for(
+        lambda fs: (
+            payloads_of(fs, alice.user_id).get(max(payloads_of(fs, alice.user_id))) == SILENCE_FRAME
+        )
+    )

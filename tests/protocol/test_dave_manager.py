@@ -213,3 +213,17 @@ def test_transport_only_session_passes_everything(version: int):
     assert manager.poll().send == ()  # no key package without DAVE
     assert manager.encrypt(OPUS) == OPUS
     assert manager.decrypt(B, OPUS, 1e9) == OPUS
+
+
+def test_failures_while_waiting_for_the_group_never_reset_it():
+    call = Call()
+    call.join(A)
+    call.join(B)
+    waiting = DaveManager(C, CHANNEL, failure_tolerance=3)
+    waiting.start(1, call.now)  # pending: no group yet, like a joiner before its welcome
+    frame = call.managers[A].encrypt(OPUS)
+    for _ in range(100):
+        assert waiting.decrypt(A, frame, call.now) is None
+    assert waiting.stats.decrypt_failures == 100
+    assert waiting.stats.recoveries == 0
+    assert [m for m in waiting.poll().send if isinstance(m, DaveMlsInvalidCommitWelcome)] == []

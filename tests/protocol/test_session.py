@@ -74,3 +74,12 @@ def test_heartbeat_nonces_differ_within_one_millisecond():
     a = hb.beat(1.0, None)
     b = hb.beat(1.0, None)
     assert a.nonce != b.nonce
+
+
+def test_a_late_ack_still_proves_the_connection_alive():
+    hb = HeartbeatTracker(max_missed=3)
+    first = hb.beat(1.0, None)
+    hb.beat(2.0, None)  # the first is still unanswered
+    assert hb.missed == 1
+    assert hb.ack(HeartbeatAck(first.nonce), 2.5) == pytest.approx(1500.0)
+    assert hb.missed == 0 and not hb.dead
