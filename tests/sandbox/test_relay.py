@@ -135,7 +135,8 @@ async def test_header_extensions_and_rtcp_reach_clients() -> None:
             key = b.of(gw.SessionDescription)[0].secret_key
             nonce = data[-4:] + bytes(8)
             block = AESGCM(key).decrypt(nonce, data[8:-4], data[:8])
-            assert struct.unpack(">I", block[:4])[0] == a.ssrc
+            # The report is about the recipient's own stream, as an SFU's RR is.
+            assert struct.unpack(">I", block[:4])[0] == b.ssrc
 
 
 async def test_media_before_speaking_is_dropped() -> None:
@@ -208,3 +209,11 @@ def test_fault_injector_is_deterministic() -> None:
     assert FaultInjector().plan(b"abc") == [(0.0, b"abc")]
     with pytest.raises(ValueError, match="probability"):
         Faults(loss=1.5)
+
+
+async def test_keepalives_are_echoed() -> None:
+    async with harness(dave=False) as h:
+        a = await h.joined()
+        assert a.udp is not None
+        a.udp.sendto(b"\x07\x00\x00\x00\x00\x00\x00\x00")
+        assert await a.recv_datagram() == b"\x07\x00\x00\x00\x00\x00\x00\x00"

@@ -67,7 +67,7 @@ async def test_speakers_audio_arrives_bit_exact_and_recognisable() -> None:
             sent = {f.sequence: f.opus for f in s.sent}
             assert received[s.ssrc] == sent  # bit-exact, every frame
             assert all(f.dave for f in s.sent if f.opus != SILENCE_FRAME)
-            assert [f.opus for f in s.sent[-5:]] == [SILENCE_FRAME] * 5
+            assert [f.opus for f in list(s.sent)[-5:]] == [SILENCE_FRAME] * 5
             voiced = [f.opus for f in s.sent if f.opus != SILENCE_FRAME]
             assert abs(dominant_frequency(voiced) - s.frequency) < 5
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import websockets
 
+from rxvoice.errors import UsageError
 from rxvoice.protocol import gateway as gw
 from rxvoice.testing.sandbox import Sandbox
 from tests.sandbox.rawclient import AES, XCHACHA, Harness, harness
@@ -277,3 +278,18 @@ async def test_garbage_dave_input_is_counted_not_fatal() -> None:
         assert service.stats.dropped_commits == {"malformed": 2}
         assert "handler_errors" not in h.sb.counters
         assert not a.closed.is_set()
+
+
+async def test_a_session_id_cannot_serve_two_users() -> None:
+    async with harness(dave=False) as h:
+        first = await h.joined(token=h.sb.voice_token, session_id="shared")
+        second = h.client(token=h.sb.voice_token, session_id="shared")
+        await second.connect()
+        await second.send(second.identify_message())
+        assert await second.wait_closed() == 4004
+        assert first.user_id in h.sb.roster()
+
+
+async def test_the_sandbox_advertises_ipv4_only() -> None:
+    with pytest.raises(UsageError, match="IPv4"):
+        Sandbox(host="::1")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable, Iterator, Sequence
@@ -146,6 +147,9 @@ class Sandbox:
     ) -> None:
         if require_dave and not dave:
             raise UsageError("require_dave needs dave=True")
+        if host not in _WILDCARDS and not _is_ipv4(host):
+            # Ready.ip must be IPv4 (clients open udp4 sockets, protocol.md §11).
+            raise UsageError(f"host must be an IPv4 address, got {host!r}")
         self._initial_speakers = speakers
         self.dave_enabled = dave
         self.require_dave = require_dave
@@ -588,6 +592,14 @@ class Sandbox:
     def _voice_state(self, p: Any, joined: bool) -> None:
         if self._gateway is not None:
             self._gateway.on_voice_state(p, joined)
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _bound_port(server: Server) -> int:

@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loss", type=float, default=0.0, metavar="PCT", help="relay packet loss in percent"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault injector")
+    parser.add_argument(
+        "--resume-window",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a session whose WebSocket closed stays resumable (default 30)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO on stderr")
 
 
@@ -51,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the sandbox subcommand; returns the exit code."""
     if not 0.0 <= args.loss <= 100.0:
         print("--loss must be between 0 and 100", file=sys.stderr)
+        return 2
+    if args.resume_window < 0:
+        print("--resume-window must not be negative", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -74,6 +84,7 @@ async def _serve(args: argparse.Namespace) -> int:
         dave=not args.no_dave,
         require_dave=args.require_dave,
         faults=Faults(loss=args.loss / 100.0, seed=args.seed),
+        resume_window=args.resume_window,
     )
     async with sandbox:
         line = {

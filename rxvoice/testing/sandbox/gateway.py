@@ -370,6 +370,11 @@ class MainGateway:
             self.leave(user_id)
             return
         channel_id = str(channel)
+        if not (channel_id.isdigit() and int(channel_id) < 1 << 64):
+            # Discord ignores op 4 for a channel that cannot exist.
+            self._counters["gateway_bad_channel"] += 1
+            logger.warning("op 4 with an invalid channel_id ignored")
+            return
         previous = self._voice_channel.get(user_id)
         self._join(conn, channel_id)
         if previous is not None and previous != channel_id:

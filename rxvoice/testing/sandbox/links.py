@@ -68,6 +68,10 @@ class WebSocketLink:
 
     in_process = False
 
+    #: Frames queued for a peer that does not read before it is dropped (like a
+    #: server would): its session stays resumable and the replay buffer covers it.
+    MAX_QUEUED = 4096
+
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
         self._queue: asyncio.Queue[str | bytes | Close] = asyncio.Queue()
@@ -79,8 +83,13 @@ class WebSocketLink:
 
     def send(self, frame: str | bytes) -> None:
         """Queue a frame; ignored once a close was requested."""
-        if not self._closing:
-            self._queue.put_nowait(frame)
+        if self._closing:
+            return
+        if self._queue.qsize() >= self.MAX_QUEUED:
+            logger.warning("peer %s does not read its frames; dropping it", self)
+            self.close(None)
+            return
+        self._queue.put_nowait(frame)
 
     def close(self, code: int | None, reason: str = "") -> None:
         """Queue a close frame, or abort the TCP connection at once when ``code`` is None."""

@@ -114,7 +114,9 @@ class Relay(asyncio.DatagramProtocol):
             if kind is DatagramKind.RTP:
                 self._relay(data, address)
             elif kind is DatagramKind.KEEPALIVE:
+                # Echoed: some clients measure or expect the answer (§3.2).
                 self._counters["udp_keepalives"] += 1
+                self._sendto(data, address)
             elif kind is DatagramKind.RTCP:
                 self._counters["rtcp_received"] += 1
             else:
@@ -162,6 +164,7 @@ class Relay(asyncio.DatagramProtocol):
         if sender.udp_addr is None:
             sender.udp_addr = addr
         sender.packets_in += 1
+        sender.last_sequence = header.sequence
         self._counters["rtp_received"] += 1
         payload = packet.payload
         dave_frame: bool | None = None
@@ -193,13 +196,17 @@ class Relay(asyncio.DatagramProtocol):
             recipient.packets_out += 1
             self._counters["rtp_relayed"] += 1
             if self.rtcp_interval and recipient.packets_out % self.rtcp_interval == 0:
-                self._receiver_report(recipient, header.ssrc, header.sequence)
+                self._receiver_report(recipient)
 
-    def _receiver_report(self, recipient: Participant, source_ssrc: int, sequence: int) -> None:
-        """Send an encrypted RTCP RR (rtpsize: the 8-byte header is the AAD, §4.5)."""
+    def _receiver_report(self, recipient: Participant) -> None:
+        """Send an encrypted RTCP RR (rtpsize: the 8-byte header is the AAD, §4.5).
+
+        Its report block is about what the relay received *from* the recipient
+        (its own SSRC), as an SFU's receiver report is.
+        """
         assert recipient.cipher is not None
         header = struct.pack(">BBHI", 0x81, 201, 7, RELAY_SSRC)  # V=2 RC=1, RR, 8 words
-        block = struct.pack(">IIIIII", source_ssrc, 0, sequence, 0, 0, 0)
+        block = struct.pack(">IIIIII", recipient.ssrc, 0, recipient.last_sequence, 0, 0, 0)
         recipient.out_nonce = (recipient.out_nonce + 1) & _U32
         self._send(recipient, recipient.cipher.seal(header, block, recipient.out_nonce))
         self._counters["rtcp_sent"] += 1

@@ -24,6 +24,7 @@ tells the speakers apart after decoding.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Callable
@@ -55,6 +56,9 @@ def tone(frequency: float, index: int) -> np.ndarray:
     t = (index * SAMPLES_PER_FRAME + np.arange(SAMPLES_PER_FRAME)) / SAMPLE_RATE
     mono = (_AMPLITUDE * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
     return np.repeat(mono[:, None], CHANNELS, axis=1)
+
+
+SENT_HISTORY = 30_000  # frames a speaker remembers in Speaker.sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +116,9 @@ class Speaker:
         self.frequency = frequency
         self._max_dave = davey.DAVE_PROTOCOL_VERSION if dave else 0
         self._on_change = on_change
-        self.sent: list[SentFrame] = []
+        # What it sent, for tests to compare; bounded so a long-running CLI
+        # sandbox does not grow (about 10 minutes of audio).
+        self.sent: collections.deque[SentFrame] = collections.deque(maxlen=SENT_HISTORY)
         self._session_id, self._token = server.mint(user_id, channel_id)
         self._loop = asyncio.get_running_loop()
         self._link = MemoryLink()

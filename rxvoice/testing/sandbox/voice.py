@@ -168,6 +168,7 @@ class Participant:
     )
     out_nonce: int = 0
     packets_in: int = 0
+    last_sequence: int = 0  # highest RTP sequence received from this user
     packets_out: int = 0
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -567,6 +568,12 @@ class VoiceServer:
             self._count("auth_failures")
             self._close(conn, CloseCode.AUTHENTICATION_FAILED, "Authentication failed")
             return
+        holder = self._by_session.get(m.session_id)
+        if holder is not None and holder.user_id != m.user_id:
+            # Resume finds sessions by id alone: one id must not serve two users.
+            self._count("auth_failures")
+            self._close(conn, CloseCode.AUTHENTICATION_FAILED, "Session id in use")
+            return
         if self.require_dave and m.max_dave_protocol_version < 1:
             self._close(conn, CloseCode.DAVE_REQUIRED, "E2EE/DAVE protocol required")
             return
@@ -707,11 +714,13 @@ class VoiceServer:
             self.injector.counters["delayed_speaking"] = (
                 self.injector.counters.get("delayed_speaking", 0) + 1
             )
-            asyncio.get_running_loop().call_later(
-                delay, lambda: self._broadcast(call, relay, skip=p)
-            )
+            asyncio.get_running_loop().call_later(delay, self._late_broadcast, call, relay, p)
         else:
             self._broadcast(call, relay, skip=p)
+
+    def _late_broadcast(self, call: _Call, message: gw.GatewayMessage, sender: Participant) -> None:
+        if not self._stopped:
+            self._broadcast(call, message, skip=sender)
 
     # -- leaving ----------------------------------------------------------------------------
 
