@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 libopus:
-	@sh scripts/ensure-libopus.sh
+	@PYTHON="$(PYTHON)" sh scripts/ensure-libopus.sh
 
 setup: $(STAMP) libopus
 

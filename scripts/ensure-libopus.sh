@@ -4,7 +4,7 @@
 # otherwise says exactly what to install and fails.
 set -u
 have_opus() {
-  python3 -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("opus") is None)' 2>/dev/null
+  "${PYTHON:-python3}" -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("opus") is None)' 2>/dev/null
 }
 have_opus && exit 0
 

@@ -122,6 +122,7 @@ class _Source:
     anchor_tick: int
     anchor_ts: int
     queue: dict[int, PcmArray] = field(default_factory=dict)
+    last_tick: int = -1  # the latest tick it filled
 
 
 class Mixer(Generic[K]):
@@ -290,6 +291,23 @@ class Mixer(Generic[K]):
         """Forget every source; the tick counter keeps counting."""
         self._sources.clear()
 
+    def prune(self, idle_ticks: int) -> list[K]:
+        """Forget the sources with nothing queued that filled no tick for ``idle_ticks`` ticks.
+
+        Safe with ``idle_ticks >= max_ahead``: such a source's next block
+        re-anchors anyway, whether its timestamps kept counting through the
+        pause (too far ahead) or not (in the past). Bounds the state of a
+        mixer fed by churning sources (users leaving, new SSRCs).
+
+        Returns:
+            The sources forgotten.
+        """
+        horizon = self._tick - idle_ticks
+        idle = [k for k, s in self._sources.items() if not s.queue and s.last_tick < horizon]
+        for key in idle:
+            del self._sources[key]
+        return idle
+
     # -- internals ---------------------------------------------------------
 
     def _reanchor(self, state: _Source, timestamp: int) -> None:
@@ -304,6 +322,7 @@ class Mixer(Generic[K]):
     def _enqueue(self, state: _Source, tick: int, pcm: PcmArray) -> None:
         n = self._frame_samples
         total = pcm.shape[0]
+        state.last_tick = max(state.last_tick, tick + (total - 1) // n)
         if total == n:  # the usual case: one 20 ms frame
             # A private contiguous copy: the caller may reuse its array.
             state.queue[tick] = pcm.copy()

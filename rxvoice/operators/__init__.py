@@ -24,8 +24,8 @@ Conventions shared by every operator:
   :func:`group_by_user` groups.
 - **Time from the scheduler.** Deadlines and ticks use the ``scheduler``
   argument, else the one given to ``subscribe``, else an ``AsyncIOScheduler``
-  on the running asyncio loop, else RxPY's ``TimeoutScheduler``; never the
-  wall clock directly. Under a
+  on the running asyncio loop, else RxPY's ``TimeoutScheduler`` (the defaults
+  on a monotonic clock); never the wall clock. Under a
   ``reactivex.testing.TestScheduler`` the whole pipeline runs in virtual time
   (see :mod:`rxvoice.testing.marbles`).
 - **Errors.** An exception from a user callback (a path function, a
@@ -194,10 +194,11 @@ def decrypt(
             ``"dave_decrypt_failed"``, ``"no_keys"``, ``"not_opus"``, ``"not_rtp_rtcp"``...).
         on_diagnostic: Called with each undecryptable datagram's
             :class:`~rxvoice.events.Diagnostic`.
-        clock: The time DAVE's transition windows and ``received_at`` use. With
-            a session it defaults to ``time.monotonic`` (the event loop's
-            clock, the one a Connection's DaveManager measures with); with a
-            cipher, to the scheduler's time.
+        clock: The time DAVE's transition windows and ``received_at`` use;
+            defaults to the scheduler's time. The default scheduler in an
+            asyncio program tells the loop's time, the clock a Connection's
+            DaveManager measures with; a session used under another
+            scheduler needs ``clock=loop.time``.
 
     Returns:
         An operator from datagrams (``bytes``) to
@@ -240,15 +241,21 @@ def group_by_user(
              C: ---------3-|
 
     Example:
+        One WAV file per visit (a user who comes back gets a new group, so a
+        new name: reusing the name would overwrite the first visit):
+
+        >>> visits = itertools.count(1)
         >>> conn.on_audio_frame.pipe(
         ...     vops.group_by_user(conn.on_client_disconnect),
         ...     ops.flat_map(lambda user: user.pipe(
-        ...         vops.decode_opus(), vops.write_wav(f"{user.key}.wav"))),
+        ...         vops.decode_opus(),
+        ...         vops.write_wav(f"{user.key}-{next(visits)}.wav"))),
         ... ).subscribe()
 
     Args:
         leaves: Departures that end a user's group; ``None``: groups end only
-            when the source does.
+            when the source does. Once ``leaves`` completes or errors, the
+            open groups end only with the source.
         include_unknown: Keep items without a user id, in a group keyed ``None``.
 
     Returns:
@@ -279,10 +286,12 @@ def decode_opus(
     before decoding the frame after a loss of ``n`` frames, ``n`` chunks fill
     it (at most ``max_conceal``): libopus packet-loss concealment, except that
     the frame right before the current one is rebuilt from the current
-    packet's in-band FEC data when it has some (``recovered=True``). A
+    packet's in-band FEC data when it has some (``recovered=True``; also when
+    ``max_conceal`` leaves the middle of a long loss unfilled). A
     corrupted packet is concealed instead (``concealed=True``) and counted. A
     sequence jump beyond ``max_gap`` resets the decoder; a user's new SSRC
-    gets a fresh decoder. Late or duplicate frames (put the stream through
+    gets a fresh decoder, and late frames of their old SSRC are dropped and
+    counted (``stale_ssrc``). Late or duplicate frames (put the stream through
     :func:`jitter_buffer` first) are dropped and counted.
 
     With a ``scheduler`` (e.g. a ``ThreadPoolScheduler``) decoding runs there,
@@ -601,9 +610,10 @@ def write_wav(path: PathSpec) -> Callable[[Observable[PcmChunk]], Observable[Pat
     - a plain path, for a single stream such as the mix: a second stream
       mapping to the same file ends the pipeline with ``UsageError``.
 
-    A file is opened at its stream's first chunk, takes that chunk's rate and
-    channel count, and is closed (its header completed) when the source
-    completes, errors, or the subscription is disposed. Chunks are written
+    A file is opened (an existing one overwritten) at its stream's first
+    chunk, takes that chunk's rate and channel count, and is closed (its
+    header completed) when the source completes, errors, or the subscription
+    is disposed. Chunks are written
     back to back: a user's pauses are not kept (write the :func:`mix` for a
     timeline). On completion the operator emits each file's path.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -19,8 +18,9 @@ _T = TypeVar("_T")
 class ObservableIterator(Generic[_T]):
     """An async iterator over an observable, subscribed on the first ``__anext__``.
 
-    Items are queued on the event loop of the first ``__anext__``; an item
-    emitted from another thread reaches it through ``call_soon_threadsafe``.
+    Items are queued on the event loop of the first ``__anext__``, every
+    notification through ``call_soon_threadsafe`` so that items from other
+    threads and the end of the stream keep their order.
     ``on_error`` raises the error from ``__anext__``; ``on_completed`` ends
     the iteration. Leaving early: ``await it.aclose()`` or ``async with``.
 
@@ -63,8 +63,9 @@ class ObservableIterator(Generic[_T]):
             await wake.wait()
 
     async def aclose(self) -> None:
-        """Unsubscribe; the iteration ends (a pending ``__anext__`` too)."""
+        """Unsubscribe and drop what is queued; the iteration ends (a pending ``__anext__`` too)."""
         self._closed = True
+        self._items.clear()
         self._dispose()
         if self._wake is not None:
             self._wake.set()
@@ -82,13 +83,12 @@ class ObservableIterator(Generic[_T]):
 
     def _subscribe(self) -> None:
         loop = asyncio.get_running_loop()
-        loop_thread = threading.get_ident()
         wake = self._wake = asyncio.Event()
 
         def on_loop(action: Callable[[], None]) -> None:
-            if threading.get_ident() == loop_thread:
-                action()
-            elif not loop.is_closed():
+            # Always through the loop's queue, even on its own thread: items
+            # from a decoder thread and a completion on the loop keep their order.
+            if not loop.is_closed():
                 loop.call_soon_threadsafe(action)
 
         def push(value: _T) -> None:

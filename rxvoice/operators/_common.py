@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Protocol, TypeAlias, TypeVar
 
 import numpy as np
@@ -58,13 +60,44 @@ def stream_key(item: UserItem) -> StreamKey:
     return user if user is not None else ("ssrc", item.ssrc)
 
 
+class LoopClockScheduler(AsyncIOScheduler):
+    """RxPY's asyncio scheduler, telling time by the loop's monotonic clock.
+
+    RxPY's schedulers report the wall clock as ``now``, so a clock step (NTP,
+    suspend) would stall or burst tick timers. This one reports
+    ``loop.time()``, the clock a :class:`rxvoice.Connection` stamps frames with.
+
+    Args:
+        loop: The event loop that runs the scheduled actions.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._clock = loop.time
+
+    @property
+    def now(self) -> datetime:
+        """The loop's time, as RxPY's absolute-time type."""
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+
+class MonotonicTimeoutScheduler(TimeoutScheduler):
+    """RxPY's timer-thread scheduler, telling time by ``time.monotonic``."""
+
+    @property
+    def now(self) -> datetime:
+        """The monotonic clock, as RxPY's absolute-time type."""
+        return datetime.fromtimestamp(time.monotonic(), UTC)
+
+
 def choose_scheduler(
     *candidates: abc.SchedulerBase | None,
 ) -> abc.SchedulerBase:
-    """Return the first scheduler given; else the running asyncio loop's, else RxPY's default.
+    """Return the first scheduler given; else one on the running asyncio loop, else timer threads.
 
     Inside an asyncio program (where a Connection lives) timers then fire on the
     event loop, in the same thread as the values, instead of on timer threads.
+    The defaults tell time by a monotonic clock (the loop's, in asyncio).
     """
     for candidate in candidates:
         if candidate is not None:
@@ -72,8 +105,8 @@ def choose_scheduler(
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        return TimeoutScheduler.singleton()
-    return AsyncIOScheduler(loop)
+        return MonotonicTimeoutScheduler.singleton()
+    return LoopClockScheduler(loop)
 
 
 def now_of(scheduler: abc.SchedulerBase) -> float:
@@ -90,20 +123,22 @@ class Reporter:
             pipeline errors (the caller routes the exception to ``on_error``).
     """
 
-    __slots__ = ("_callback", "_stats")
+    __slots__ = ("_callback", "_lock", "_stats")
 
     def __init__(
         self, stats: Counter[str] | None, on_diagnostic: DiagnosticCallback | None
     ) -> None:
         self._stats = stats
         self._callback = on_diagnostic
+        self._lock = threading.Lock()  # decoders on a thread pool report concurrently
 
     def __call__(
         self, kind: str, detail: str, ssrc: int | None = None, user_id: str | None = None
     ) -> None:
         """Count one problem and report it (the callback's exceptions propagate)."""
         if self._stats is not None:
-            self._stats[kind] += 1
+            with self._lock:
+                self._stats[kind] += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s (ssrc=%s, user=%s): %s", kind, ssrc, user_id, detail)
         if self._callback is not None:

@@ -16,6 +16,9 @@ from rxvoice.events import AudioFrame, AudioGap, PcmChunk
 from rxvoice.operators._common import RTP_RATE, DiagnosticCallback, Reporter
 from rxvoice.protocol.seq import seq_add, seq_diff, ts_add
 
+MAX_RETIRED = 256
+"""How many old SSRCs ``decode_opus`` remembers, to drop their late frames."""
+
 
 class SsrcDecoder:
     """Decodes one SSRC's frames in order, filling losses (no reactivex, no threads).
@@ -87,21 +90,21 @@ class SsrcDecoder:
         decoder = self._decoder
         step = decoder.frame_samples * RTP_RATE // decoder.sample_rate
         fill = min(missing, self._max_conceal)
-        # Timestamps counted back from the packet that ended the loss.
+        fec = self._fec and fill > 0 and packet_has_fec(frame.opus)
+        # Timestamps counted back from the packet that ended the loss. With
+        # FEC the last filled frame is the one right before this packet (what
+        # its FEC data describes), even when a long loss is only partly filled.
         first_ts = ts_add(frame.timestamp, -missing * step)
-        for k in range(fill):
-            ts = ts_add(first_ts, k * step)
-            if k == missing - 1 and self._fec and packet_has_fec(frame.opus):
-                try:
-                    pcm = decoder.decode_fec(frame.opus)
-                except MalformedPacket:
-                    pcm = decoder.conceal()
-                else:
-                    out.append(self._chunk(frame, ts, pcm, recovered=True))
-                    continue
-            else:
-                pcm = decoder.conceal()
-            out.append(self._chunk(frame, ts, pcm, concealed=True))
+        for k in range(fill - 1 if fec else fill):
+            out.append(
+                self._chunk(frame, ts_add(first_ts, k * step), decoder.conceal(), concealed=True)
+            )
+        if fec:
+            ts = ts_add(frame.timestamp, -step)
+            try:
+                out.append(self._chunk(frame, ts, decoder.decode_fec(frame.opus), recovered=True))
+            except MalformedPacket:
+                out.append(self._chunk(frame, ts, decoder.conceal(), concealed=True))
 
     def _chunk(
         self,
@@ -144,6 +147,7 @@ def decode_opus_(
             lock = threading.RLock()
             decoders: dict[int, SsrcDecoder] = {}
             ssrc_of: dict[str, int] = {}
+            retired: dict[int, str] = {}  # a user's previous SSRCs, oldest first
             # Off-loop mode: one queue and at most one running drain per SSRC,
             # which keeps each user's order while users decode in parallel.
             queues: dict[int, deque[AudioFrame]] = {}
@@ -151,14 +155,23 @@ def decode_opus_(
             source_done = False
             stopped = False
 
-            def decoder_for(frame: AudioFrame) -> SsrcDecoder:
+            def decoder_for(frame: AudioFrame) -> SsrcDecoder | None:
+                """The frame's decoder; ``None`` for a straggler of a user's old SSRC."""
                 ssrc, user = frame.ssrc, frame.user_id
                 if user is not None:
+                    if retired.get(ssrc) == user:
+                        report("stale_ssrc", f"frame of {user}'s old SSRC {ssrc}", ssrc, user)
+                        return None
                     previous = ssrc_of.get(user)
                     if previous is not None and previous != ssrc:
                         # A new SSRC for the user (reconnect): a fresh decoder.
-                        # The old one is freed when no drain uses it any more.
+                        # The old one is freed when no drain uses it any more;
+                        # its late frames are dropped, not decoded afresh.
                         decoders.pop(previous, None)
+                        retired[previous] = user
+                        while len(retired) > MAX_RETIRED:
+                            del retired[next(iter(retired))]
+                    retired.pop(ssrc, None)  # an SSRC handed to someone else
                     ssrc_of[user] = ssrc
                 state = decoders.get(ssrc)
                 if state is None:
@@ -180,7 +193,8 @@ def decode_opus_(
             def decode_now(frame: AudioFrame) -> None:
                 # Synchronous mode: called with the lock held.
                 try:
-                    chunks = decoder_for(frame).feed(frame)
+                    state = decoder_for(frame)
+                    chunks = state.feed(frame) if state is not None else []
                 except Exception as error:  # a diagnostic callback raised
                     fail(error)
                     return
@@ -197,7 +211,13 @@ def decode_opus_(
                             finish_if_idle()
                             return
                         frame = queue.popleft()
-                        state = decoder_for(frame)
+                        try:
+                            state = decoder_for(frame)
+                        except Exception as error:  # a diagnostic callback raised
+                            fail(error)
+                            continue
+                        if state is None:
+                            continue
                     try:
                         chunks = state.feed(frame)  # off the lock: users decode in parallel
                     except Exception as error:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
@@ -57,10 +56,6 @@ def decrypt_(
     clock: Callable[[], float] | None,
 ) -> Callable[[Observable[bytes]], Observable[AudioFrame]]:
     fixed = isinstance(keys, TransportCipher | RtpCrypto)
-    if clock is None and not fixed:
-        # A Connection's DaveManager measures its transition windows on the
-        # event loop's clock, which is time.monotonic for asyncio's loops.
-        clock = time.monotonic
 
     def operator(source: Observable[bytes]) -> Observable[AudioFrame]:
         def subscribe(

@@ -33,9 +33,15 @@ def group_by_user_(
         def left(leave: ClientDisconnect) -> bool:
             return leave.user_id == key
 
-        # RxPY's group_by_until completes the group on the first item of this
-        # stream and makes a new group if the user comes back.
-        return leaves.pipe(ops.filter(left))
+        # RxPY's group_by_until ends the group at the first item of this stream
+        # (a new group starts if the user comes back), but also when it
+        # completes or errors: once ``leaves`` has ended (a Connection closing
+        # completes its streams), departures can no longer end groups, and
+        # the audio must still flow.
+        return reactivex.concat(
+            leaves.pipe(ops.filter(left), ops.take(1), ops.catch(reactivex.empty())),
+            reactivex.never(),
+        )
 
     def operator(source: Observable[_T]) -> Observable[GroupedObservable[str | None, _T]]:
         items = source if include_unknown else source.pipe(ops.filter(known))

@@ -15,6 +15,8 @@ from rxvoice.events import PcmChunk
 from rxvoice.operators._common import RTP_RATE, StreamKey, choose_scheduler, now_of, stream_key
 
 _TS_MOD = 1 << 32
+PRUNE_EVERY = 50
+"""Ticks between two sweeps of the sources gone quiet (users who left, old SSRCs)."""
 
 
 def mix_(
@@ -38,7 +40,9 @@ def mix_(
         ) -> abc.DisposableBase:
             clock = choose_scheduler(scheduler, scheduler_)
             lock = threading.RLock()
-            mixer: Mixer[StreamKey] = Mixer(
+            # Keyed by user *and* SSRC: RTP timestamps only compare within one
+            # SSRC, so a user's new SSRC is a new source, anchored afresh.
+            mixer: Mixer[tuple[StreamKey, int | None]] = Mixer(
                 frame_samples=frame_samples,
                 channels=channels,
                 timestamp_step=step,
@@ -70,6 +74,8 @@ def mix_(
                         return
                     tick = mixer.tick
                     pcm = mixer.mix()
+                    if tick % PRUNE_EVERY == 0:
+                        mixer.prune(max_ahead)
                     observer.on_next(PcmChunk(None, None, tick * step % _TS_MOD, pcm, sample_rate))
                     if source_done and not any(mixer.queued(s) for s in mixer.sources):
                         finish()
@@ -89,7 +95,8 @@ def mix_(
                         )
                         return
                     try:
-                        mixer.add(stream_key(chunk), chunk.pcm, timestamp=chunk.timestamp)
+                        key = (stream_key(chunk), chunk.ssrc)
+                        mixer.add(key, chunk.pcm, timestamp=chunk.timestamp)
                     except UsageError as error:
                         finish(error)
                         return

@@ -64,16 +64,18 @@ def write_wav_(path: PathSpec) -> Callable[[Observable[PcmChunk]], Observable[Pa
             owners: dict[Path, StreamKey] = {}
             stopped = False
 
-            def close_all() -> list[Path]:
-                closed = []
+            def close_all() -> tuple[list[Path], OSError | None]:
+                """Close every file (all of them, even after a failure)."""
+                closed, first_error = [], None
                 for file in files.values():
                     try:
                         file.writer.close()  # writes the final header sizes
-                    except OSError:
+                    except OSError as error:  # e.g. disk full while finishing the header
+                        first_error = first_error or error
                         continue
                     closed.append(file.path)
                 files.clear()
-                return closed
+                return closed, first_error
 
             def fail(error: Exception) -> None:
                 nonlocal stopped
@@ -112,9 +114,13 @@ def write_wav_(path: PathSpec) -> Callable[[Observable[PcmChunk]], Observable[Pa
                     if stopped:
                         return
                     stopped = True
-                    for closed in close_all():
-                        observer.on_next(closed)
-                    observer.on_completed()
+                    closed, error = close_all()
+                    for path_ in closed:
+                        observer.on_next(path_)
+                    if error is not None:
+                        observer.on_error(error)  # a file is incomplete: not a success
+                    else:
+                        observer.on_completed()
 
             def release() -> None:
                 # Unsubscribing still finalises the files, so they stay readable.

@@ -174,6 +174,8 @@ class TransportCipher:
                 and nonce, or bad padding or extension length.
             DecryptionError: Authentication failed (wrong key, tampering).
         """
+        if type(datagram) is not bytes:  # a bytearray or memoryview from a user's stream
+            datagram = bytes(datagram)
         header = RtpHeader.parse(datagram)
         # header.size, computed from byte 0 (already validated by parse).
         b0 = datagram[0]

@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import math
 import struct
@@ -82,6 +83,9 @@ __all__ = [
 #: messages are far smaller (a large MLS Welcome is tens of KiB); the cap bounds
 #: the memory a hostile frame can make the JSON decoder allocate.
 MAX_FRAME_SIZE = 4 * 1024 * 1024
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted in a text frame (Discord's use 3)."""
 
 # No field needs more digits than a u64 (20); the cap keeps int()/float() on
 # number literals cheap whatever sys.set_int_max_str_digits says.
@@ -189,6 +193,16 @@ def _str(d: dict[str, object], key: str, cls: type) -> str:
     return value
 
 
+def _ip(d: dict[str, object], key: str, cls: type) -> str:
+    # An address, never a host name: the client must not resolve what a server chose.
+    value = _str(d, key, cls)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        _fail(f"{cls.__name__}.{key} must be an IP address", MalformedMessage)
+    return value
+
+
 def _check_snowflake(value: object, what: str) -> str:
     # Discord sends snowflakes as decimal strings of a u64; checking here means
     # later int() conversions (DAVE needs the numeric user id) cannot fail.
@@ -196,6 +210,7 @@ def _check_snowflake(value: object, what: str) -> str:
         not isinstance(value, str)
         or not 0 < len(value) <= 20
         or not (value.isascii() and value.isdigit())
+        or (value[0] == "0" and value != "0")  # ids compare as strings: one spelling each
         or int(value) > _U64
     ):
         _fail(f"{what} must be a snowflake (a decimal u64 string)", MalformedMessage)
@@ -373,7 +388,7 @@ class Ready(_JsonMessage):
         interval = o.get("heartbeat_interval")
         return cls(
             ssrc=_int(o, "ssrc", cls, 0, _U32),
-            ip=_str(o, "ip", cls),
+            ip=_ip(o, "ip", cls),
             port=_int(o, "port", cls, 0, _U16),
             modes=tuple(str(mode) for mode in modes),
             heartbeat_interval=None
@@ -993,6 +1008,22 @@ def _check_size(size: int) -> None:
         _fail(f"frame of {size} bytes exceeds the {MAX_FRAME_SIZE}-byte limit", MalformedMessage)
 
 
+def _check_depth(frame: object) -> None:
+    # Deeper data would parse, but a subscriber's repr() or json.dumps() of
+    # an UnknownMessage could then hit the recursion limit.
+    level: list[object] = [frame]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [
+            child
+            for value in level
+            if isinstance(value, dict | list)
+            for child in (value.values() if isinstance(value, dict) else value)
+        ]
+        if not level:
+            return
+    _fail(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", MalformedMessage)
+
+
 def parse_text(text: str | bytes) -> Envelope:
     """Parse a JSON text frame ``{"op", "d", "seq"?}``.
 
@@ -1025,6 +1056,7 @@ def parse_text(text: str | bytes) -> Envelope:
         _fail(f"invalid JSON: {msg}", MalformedMessage)
     except RecursionError:
         _fail("JSON nested too deeply", MalformedMessage)
+    _check_depth(frame)
 
     if not isinstance(frame, dict):
         _fail("a text frame must be a JSON object", MalformedMessage)

@@ -442,7 +442,12 @@ def classify(datagram: bytes) -> DatagramKind:
     if n == IP_DISCOVERY_SIZE and datagram[0] == 0 and datagram[1] == 0x02:
         return DatagramKind.IP_DISCOVERY
     if n == KEEPALIVE_SIZE:
-        return DatagramKind.KEEPALIVE
+        # An 8-byte RTCP packet (an empty receiver report, a BYE) says so in
+        # its length field (1 word after the first); a keepalive counter's
+        # high bytes are 0 there for its first 2**16 beats.
+        rtcp = datagram[0] >> 6 == RTP_VERSION and 200 <= datagram[1] <= 206
+        if not (rtcp and datagram[2:4] == b"\x00\x01"):
+            return DatagramKind.KEEPALIVE
     if n >= 2 and datagram[0] >> 6 == RTP_VERSION:
         if 200 <= datagram[1] <= 206:
             return DatagramKind.RTCP

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from rxvoice.errors import ConnectionClosed as RxConnectionClosed
 from rxvoice.errors import MalformedMessage, UsageError
+from rxvoice.protocol.session import MIN_HEARTBEAT_INTERVAL
 from rxvoice.secret import Secret
 from rxvoice.shard.base import VoiceServerUpdate, VoiceStateUpdate, VoiceUpdate
 from rxvoice.streams import EventStream
@@ -196,7 +197,7 @@ class GatewayShard:
         if message.get("s") is not None:
             self._seq = message["s"]
         if op == 10:
-            interval = float(d["heartbeat_interval"]) / 1000.0
+            interval = max(float(d["heartbeat_interval"]) / 1000.0, MIN_HEARTBEAT_INTERVAL)
             self._start_heartbeat(interval)
             await self._send(
                 {

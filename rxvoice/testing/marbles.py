@@ -418,11 +418,18 @@ def parse(
         ``int`` or ``float`` when numeric, else ``str``.
 
     Raises:
-        ValueError: On a comma outside a group.
+        ValueError: On a comma outside a group, or an unbalanced or nested
+            parenthesis.
     """
     out: list[tuple[float, Notification[Any]]] = []
     position = 0
-    for group, dashes, comma, element in _LEXICON.findall(marbles.replace(" ", "")):
+    text = marbles.replace(" ", "")
+    end = 0
+    for match in _LEXICON.finditer(text):
+        if match.start() != end or "(" in match[0][1:]:
+            raise ValueError(f"an unbalanced or nested parenthesis in {marbles!r}")
+        end = match.end()
+        group, dashes, comma, element = match.groups(default="")
         if comma:
             raise ValueError(f"a comma outside a group in {marbles!r}")
         if dashes:
@@ -433,6 +440,8 @@ def parse(
             if item:
                 out.append((position * timespan, _notification(item, error)))
         position += 1
+    if end != len(text):
+        raise ValueError(f"an unbalanced or nested parenthesis in {marbles!r}")
     return out
 
 

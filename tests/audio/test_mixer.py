@@ -212,6 +212,24 @@ def test_remove_clear_and_sources() -> None:
     assert mixer.queued("b") == 0
 
 
+def test_prune_forgets_only_sources_quiet_for_long_enough() -> None:
+    mixer: Mixer[str] = Mixer(max_ahead=3)
+    mixer.add("gone", block(1), timestamp=0)
+    mixer.add("long", np.ones((960 * 3, 2), np.int16), timestamp=0)  # fills ticks 0-2
+    for _ in range(3):
+        mixer.mix()
+    mixer.add("talking", block(2), timestamp=0)  # queued for tick 3
+    assert mixer.prune(3) == []  # "gone" filled tick 0: 3 ticks ago, not more
+    mixer.mix()
+    assert mixer.prune(3) == ["gone"]
+    assert mixer.sources == {"long", "talking"}
+    for _ in range(2):
+        mixer.mix()
+    assert mixer.prune(3) == ["long"]  # last filled tick 2; now tick 6
+    mixer.mix()
+    assert mixer.prune(3) == ["talking"]
+
+
 def test_mixer_rejects_bad_input() -> None:
     mixer: Mixer[int] = Mixer()
     with pytest.raises(UsageError):

@@ -77,3 +77,30 @@ async def test_max_pending_drops_the_oldest():
     assert items.dropped == 3
     with pytest.raises(UsageError):
         vops.to_async_iterable(max_pending=0)
+
+
+async def test_items_from_a_thread_are_not_lost_when_the_loop_completes():
+    # Items emitted on a decoder thread and a completion on the loop thread:
+    # the completion must not overtake the items still on their way.
+    subject: Subject[int] = Subject()
+    iterator = subject.pipe(vops.to_async_iterable())
+    first = asyncio.ensure_future(iterator.__anext__())
+    await asyncio.sleep(0)  # let it subscribe
+    thread = threading.Thread(target=lambda: [subject.on_next(n) for n in range(20)])
+    thread.start()
+    thread.join()
+    subject.on_completed()  # on the loop thread, right after
+    items = [await first] + [item async for item in iterator]
+    assert items == list(range(20))
+
+
+async def test_aclose_drops_what_is_queued():
+    subject: Subject[int] = Subject()
+    iterator = subject.pipe(vops.to_async_iterable())
+    first = asyncio.ensure_future(iterator.__anext__())
+    await asyncio.sleep(0)
+    for n in range(3):
+        subject.on_next(n)
+    assert await first == 0
+    await iterator.aclose()
+    assert [item async for item in iterator] == []

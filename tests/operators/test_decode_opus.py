@@ -50,8 +50,11 @@ def test_a_longer_loss_is_concealed_then_recovered_and_capped():
     with voice_marbles() as m:
         result = m.start(m.hot("-1-5-|").pipe(vops.decode_opus()))
         assert result == m.exp("-p1-(c2,c3,f4,p5)-|")
-    with voice_marbles() as m:
+    with voice_marbles() as m:  # capped: the start is concealed, the end recovered
         result = m.start(m.hot("-1-20-|").pipe(vops.decode_opus(max_conceal=2)))
+        assert result == m.exp("-p1-(c2,f19,p20)-|")
+    with voice_marbles() as m:
+        result = m.start(m.hot("-1-20-|").pipe(vops.decode_opus(max_conceal=2, fec=False)))
         assert result == m.exp("-p1-(c2,c3,p20)-|")
 
 
@@ -100,6 +103,18 @@ def test_a_new_ssrc_gets_a_fresh_decoder():
         # No concealment between SSRCs although A5 is "ahead" of 2.
         result = m.start(m.hot("-1-2-A5-A6-|").pipe(vops.decode_opus()))
         assert result == m.exp("-p1-p2-Ap5-Ap6-|")
+
+
+def test_stragglers_of_an_old_ssrc_do_not_restart_the_decoders():
+    speakers = {**DEFAULT_SPEAKERS, "A": ToneSpeaker("1001", 11, 440.0)}
+    stats: Counter[str] = Counter()
+    with voice_marbles(speakers=speakers) as m:
+        # 3 (old SSRC) arrives after the switch: dropped; the new SSRC's
+        # decoder keeps its state, so the loss of A3 is concealed.
+        source = m.hot("-1-2-A1-3-A2-A4-|")
+        result = m.start(source.pipe(vops.decode_opus(stats=stats)))
+        assert result == m.exp("-p1-p2-Ap1---Ap2-(Af3,Ap4)-|")
+    assert stats == {"stale_ssrc": 1}
 
 
 def test_a_raising_diagnostic_callback_errors_the_pipeline():

@@ -105,3 +105,15 @@ def test_errors_reach_the_groups_and_the_outer_stream():
         result = m.start(frames.pipe(vops.group_by_user(), ops.do_action(inner)))
     assert result[-1].value.kind == "E"
     assert seen == ["1001:boom"]
+
+
+def test_audio_keeps_flowing_after_the_departures_stream_ends():
+    # A closing Connection completes on_client_disconnect before on_audio_frame;
+    # an ended (or failed) departures stream must not end every later group.
+    for ending in ("--|", "--#"):
+        with voice_marbles(payload="silence") as m:
+            frames = m.hot("-1-2-3-4-|")
+            leaves = m.hot(ending, LEAVES)
+            result = m.start(frames.pipe(vops.group_by_user(leaves), flatten(m)))
+        labels = [r.value.value for r in result if r.value.kind == "N"]
+        assert labels == ["1001:1", "1001:2", "1001:3", "1001:4", "1001:end"], ending

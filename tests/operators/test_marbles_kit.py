@@ -34,6 +34,12 @@ def test_error_and_bad_comma():
         parse("-1,2-")
 
 
+@pytest.mark.parametrize("diagram", ["-(1-2-|", "-1)-|", "-((1,2))-|", "-1-|("])
+def test_unbalanced_or_nested_groups_are_refused(diagram: str):
+    with pytest.raises(ValueError, match="parenthesis"):
+        parse(diagram)
+
+
 def test_hot_frames_are_built_from_tokens():
     with voice_marbles() as m:
         result = m.start(m.hot("-1-b65536-2s-|"), describe=False)

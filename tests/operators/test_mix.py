@@ -90,3 +90,18 @@ def test_completion_without_audio_and_bad_arguments():
         assert m.start(m.hot("---|").pipe(vops.mix())) == m.exp("---|")
     with pytest.raises(UsageError):
         vops.mix(interval=0)
+
+
+def test_a_users_new_ssrc_is_aligned_on_its_own_timestamps():
+    # RTP timestamps only compare within one SSRC: the new SSRC's chunks (whose
+    # timestamps lie far "behind" the old stream's) must not be dropped as late
+    # while the old SSRC's audio is still queued.
+    def on(ssrc: int, n: int, level: int) -> PcmChunk:
+        return PcmChunk("1", ssrc, n * 960, np.full((960, 2), level, np.int16), 48_000)
+
+    lookup = {f"o{k}": on(1, 100 + k, 100) for k in range(4)}
+    lookup |= {f"n{k}": on(9, k, 5) for k in range(2)}
+    with voice_marbles() as m:
+        source = m.hot("-(o0,o1,o2,o3)---n0(n1)-|", lookup)
+        result = m.start(source.pipe(vops.mix(delay=0.04)), describe=False)
+    assert levels_of(result)[:5] == [100, 100, 105, 105, 0]

@@ -90,3 +90,44 @@ def test_a_format_change_is_an_error(tmp_path: Path):
     subject.on_next(PcmChunk("7", 7, 0, np.zeros((960, 2), np.int16)))
     subject.on_next(PcmChunk("7", 7, 960, np.zeros((320, 2), np.int16), 16_000))
     assert len(errors) == 1 and isinstance(errors[0], UsageError)
+
+
+def test_a_failure_to_finish_a_file_is_an_error_not_a_completion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import wave
+
+    def full_disk(self: wave.Wave_write) -> None:
+        raise OSError(28, "No space left on device")
+
+    with voice_marbles(payload="silence") as m:
+        pipeline = m.hot("-0-b0-|").pipe(
+            vops.decode_opus(), vops.write_wav(str(tmp_path / "{user_id}.wav"))
+        )
+        monkeypatch.setattr(wave.Wave_write, "close", full_disk)
+        result = m.start(pipeline, describe=False)
+    assert result[-1].value.kind == "E"
+    assert "No space left" in str(result[-1].value.exception)
+
+
+def test_a_returning_user_gets_a_second_file_with_the_documented_pattern(tmp_path: Path):
+    import itertools
+
+    from reactivex import operators as ops
+
+    from rxvoice.events import ClientDisconnect
+
+    visits = itertools.count(1)
+
+    def record(user):  # as in docs/operators.md
+        name = tmp_path / f"{user.key}-{next(visits)}.wav"
+        return user.pipe(vops.decode_opus(), vops.write_wav(name))
+
+    with voice_marbles(payload="silence") as m:
+        frames = m.hot("-0-1-2-3-4-5-|")
+        leaves = m.hot("------L-------", {"L": ClientDisconnect("1001")})
+        pipeline = frames.pipe(vops.group_by_user(leaves), ops.flat_map(record))
+        paths = values(m.start(pipeline, describe=False))
+    assert [p.name for p in paths] == ["1001-1.wav", "1001-2.wav"]
+    assert read_wav(paths[0])[0].shape == (3 * 960, 2)  # frames 0-2 before the leave
+    assert read_wav(paths[1])[0].shape == (3 * 960, 2)  # frames 3-5 after

@@ -66,6 +66,7 @@ u64 = st.integers(0, U64)
 seq_acks = st.none() | st.integers(-1, U64)
 snowflakes = u64.map(str)
 texts = st.text(max_size=40)
+ips = st.ip_addresses().map(str)
 blobs = st.binary(max_size=200)
 positive = st.floats(min_value=0.0, exclude_min=True, allow_nan=False, allow_infinity=False)
 non_negative = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)
@@ -74,7 +75,7 @@ json_messages: st.SearchStrategy[GatewayMessage] = st.one_of(
     st.builds(Identify, snowflakes, snowflakes, texts, texts, u16),
     st.builds(SelectProtocol, texts, u16, texts, texts),
     st.builds(
-        Ready, u32, texts, u16, st.lists(texts, max_size=5).map(tuple), st.none() | non_negative
+        Ready, u32, ips, u16, st.lists(texts, max_size=5).map(tuple), st.none() | non_negative
     ),
     st.builds(Heartbeat, u64, seq_acks),
     st.builds(SessionDescription, texts, st.binary(min_size=32, max_size=32), u16),
@@ -225,6 +226,27 @@ def test_select_protocol_exact_json() -> None:
     frame["d"]["codecs"] = [{"name": "opus"}]
     frame["d"]["data"]["extra"] = 1
     assert parse_text(json.dumps(frame)).message == message
+
+
+@pytest.mark.parametrize("ip", ["not an ip", "discord.media", "\ud800", "", "1.2.3"])
+def test_ready_ip_must_be_an_address(ip: str) -> None:
+    d = {"ssrc": 1, "ip": ip, "port": 1234, "modes": ["aead_aes256_gcm_rtpsize"]}
+    with pytest.raises(MalformedMessage, match=r"Ready\.ip"):
+        parse_text(json.dumps({"op": 2, "d": d}))
+
+
+@pytest.mark.parametrize("user_id", ["01", "00000000000000000001", "1.0", "-1", "+1"])
+def test_snowflakes_have_one_spelling(user_id: str) -> None:
+    with pytest.raises(MalformedMessage, match="snowflake"):
+        parse_text(json.dumps({"op": 13, "d": {"user_id": user_id}}))
+
+
+def test_nesting_is_capped_below_the_recursion_limit() -> None:
+    nested = "[" * 200 + "]" * 200
+    with pytest.raises(MalformedMessage, match="nested deeper"):
+        parse_text('{"op": 99, "d": ' + nested + "}")
+    shallow = "[" * 10 + "]" * 10
+    assert parse_text('{"op": 99, "d": ' + shallow + "}").message.op == 99
 
 
 def test_ready_ignores_extra_keys() -> None:
@@ -652,9 +674,10 @@ def test_errors_do_not_quote_secrets() -> None:
     [
         (SelectProtocol("127.0.0.1", 70000, "m"), None),
         (SelectProtocol("127.0.0.1", -1, "m"), None),
-        (Ready(-1, "ip", 1, ()), None),
-        (Ready(1, "ip", 1, "ab"), None),  # type: ignore[arg-type]
-        (Ready(1, "ip", 1, (), float("nan")), None),
+        (Ready(-1, "127.0.0.1", 1, ()), None),
+        (Ready(1, "127.0.0.1", 1, "ab"), None),  # type: ignore[arg-type]
+        (Ready(1, "127.0.0.1", 1, (), float("nan")), None),
+        (Ready(1, "localhost", 1, ()), None),
         (Heartbeat(-1), None),
         (Heartbeat(1, seq_ack=-2), None),
         (SessionDescription("m", KEY[:31]), None),

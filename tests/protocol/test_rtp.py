@@ -359,6 +359,13 @@ def test_classify():
     assert classify(b"\x40\x78" + bytes(30)) is DatagramKind.UNKNOWN  # version 1
 
 
+def test_eight_byte_rtcp_is_not_a_keepalive():
+    assert classify(_rtcp(201, 8)) is DatagramKind.RTCP  # an empty receiver report
+    assert classify(_rtcp(203, 8)) is DatagramKind.RTCP  # a BYE of one SSRC
+    # A keepalive whose counter happens to start like an RTCP header.
+    assert classify(struct.pack("<Q", 0xC880)) is DatagramKind.KEEPALIVE
+
+
 @pytest.mark.parametrize("packet_type", range(200, 207))
 def test_classify_rtcp_before_rtp(packet_type):
     datagram = _rtcp(packet_type)
