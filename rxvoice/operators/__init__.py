@@ -109,7 +109,8 @@ def jitter_buffer(
     all SSRCs), then an :class:`~rxvoice.events.AudioGap` marker takes its
     place and the frames held behind it flow. At most ``capacity`` packets are
     held per SSRC. A stream with nothing missing passes with no delay. On
-    completion every held frame is flushed.
+    completion every held frame is flushed. An SSRC quiet for a minute is
+    forgotten (SSRCs churn in a long call); if it comes back it starts afresh.
 
     :attr:`rxvoice.Connection.on_audio_frame` is already jitter-buffered (the
     same pure class); use this on :attr:`~rxvoice.Connection.on_raw_audio_frame`
@@ -291,8 +292,10 @@ def decode_opus(
     corrupted packet is concealed instead (``concealed=True``) and counted. A
     sequence jump beyond ``max_gap`` resets the decoder; a user's new SSRC
     gets a fresh decoder, and late frames of their old SSRC are dropped and
-    counted (``stale_ssrc``). Late or duplicate frames (put the stream through
-    :func:`jitter_buffer` first) are dropped and counted.
+    counted (``stale_ssrc``). The decoder of an SSRC quiet for a minute (by
+    ``received_at``) is freed; if it comes back it gets a fresh one. Late or
+    duplicate frames (put the stream through :func:`jitter_buffer` first) are
+    dropped and counted.
 
     With a ``scheduler`` (e.g. a ``ThreadPoolScheduler``) decoding runs there,
     off the event loop: each SSRC's frames stay in order, different users

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Protocol, TypeAlias, TypeVar
+from typing import Generic, Protocol, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -112,6 +112,54 @@ def choose_scheduler(
 def now_of(scheduler: abc.SchedulerBase) -> float:
     """The scheduler's current time in seconds (virtual time under a TestScheduler)."""
     return scheduler.to_seconds(scheduler.now)
+
+
+IDLE_FORGET = 60.0
+"""Seconds without a packet after which an SSRC's state (jitter buffer, decoder) is forgotten."""
+
+_K = TypeVar("_K")
+
+
+class IdleStreams(Generic[_K]):
+    """Tells which streams have been quiet for a while, so their state can go.
+
+    SSRCs churn (every reconnect brings a new one; users leave): a long-lived
+    pipeline must not keep a jitter buffer or an Opus decoder for each one it
+    ever saw. A forgotten stream that comes back simply starts afresh.
+
+    Args:
+        after: Seconds of silence before a stream counts as gone; streams are
+            swept at most once per ``after``, so the cost per item is O(1).
+    """
+
+    __slots__ = ("_after", "_next_sweep", "_seen")
+
+    def __init__(self, after: float = IDLE_FORGET) -> None:
+        self._after = after
+        self._seen: dict[_K, float] = {}
+        self._next_sweep = float("-inf")
+
+    def touch(self, key: _K, now: float) -> bool:
+        """Note that ``key`` was active at ``now``.
+
+        Returns:
+            Whether ``key`` comes back after a quiet spell longer than
+            ``after`` (its state should start afresh, swept or not).
+        """
+        seen = self._seen.get(key)
+        self._seen[key] = now
+        return seen is not None and now - seen > self._after
+
+    def expired(self, now: float) -> list[_K]:
+        """Return (and stop tracking) the streams quiet for more than ``after`` seconds."""
+        if now < self._next_sweep:
+            return []
+        self._next_sweep = now + self._after
+        horizon = now - self._after
+        gone = [key for key, seen in self._seen.items() if seen < horizon]
+        for key in gone:
+            del self._seen[key]
+        return gone
 
 
 class Reporter:

@@ -13,7 +13,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 from rxvoice.audio.opus import OpusDecoder, packet_has_fec
 from rxvoice.errors import MalformedPacket
 from rxvoice.events import AudioFrame, AudioGap, PcmChunk
-from rxvoice.operators._common import RTP_RATE, DiagnosticCallback, Reporter
+from rxvoice.operators._common import RTP_RATE, DiagnosticCallback, IdleStreams, Reporter
 from rxvoice.protocol.seq import seq_add, seq_diff, ts_add
 
 MAX_RETIRED = 256
@@ -148,6 +148,8 @@ def decode_opus_(
             decoders: dict[int, SsrcDecoder] = {}
             ssrc_of: dict[str, int] = {}
             retired: dict[int, str] = {}  # a user's previous SSRCs, oldest first
+            owners: dict[int, str] = {}  # SSRC -> user, to forget quiet streams
+            idle: IdleStreams[int] = IdleStreams()
             # Off-loop mode: one queue and at most one running drain per SSRC,
             # which keeps each user's order while users decode in parallel.
             queues: dict[int, deque[AudioFrame]] = {}
@@ -158,6 +160,12 @@ def decode_opus_(
             def decoder_for(frame: AudioFrame) -> SsrcDecoder | None:
                 """The frame's decoder; ``None`` for a straggler of a user's old SSRC."""
                 ssrc, user = frame.ssrc, frame.user_id
+                returning = idle.touch(ssrc, frame.received_at)
+                for gone in idle.expired(frame.received_at) + ([ssrc] if returning else []):
+                    decoders.pop(gone, None)
+                    owner = owners.pop(gone, None)
+                    if owner is not None and ssrc_of.get(owner) == gone:
+                        del ssrc_of[owner]
                 if user is not None:
                     if retired.get(ssrc) == user:
                         report("stale_ssrc", f"frame of {user}'s old SSRC {ssrc}", ssrc, user)
@@ -173,6 +181,7 @@ def decode_opus_(
                             del retired[next(iter(retired))]
                     retired.pop(ssrc, None)  # an SSRC handed to someone else
                     ssrc_of[user] = ssrc
+                    owners[ssrc] = user
                 state = decoders.get(ssrc)
                 if state is None:
                     state = decoders[ssrc] = SsrcDecoder(

@@ -10,7 +10,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, SerialDisposable
 
 from rxvoice.events import AudioFrame, AudioGap
-from rxvoice.operators._common import choose_scheduler, now_of
+from rxvoice.operators._common import IdleStreams, choose_scheduler, now_of
 from rxvoice.protocol.jitter import JitterBuffer, JitterPacket, Release
 
 
@@ -36,6 +36,7 @@ def jitter_buffer_(
             lock = threading.RLock()
             buffers: dict[int, JitterBuffer[AudioFrame]] = {}
             users: dict[int, str] = {}
+            idle: IdleStreams[int] = IdleStreams()
             timer = SerialDisposable()
             timer_due: float | None = None
             last_now = float("-inf")
@@ -92,6 +93,11 @@ def jitter_buffer_(
                         return
                     at = now()
                     ssrc = frame.ssrc
+                    returning = idle.touch(ssrc, at)
+                    for gone in idle.expired(at) + ([ssrc] if returning else []):
+                        if (buffer := buffers.pop(gone, None)) is not None:
+                            emit(gone, buffer.flush())
+                        users.pop(gone, None)
                     if frame.user_id is not None:
                         users[ssrc] = frame.user_id
                     buffer = buffers.get(ssrc)

@@ -155,3 +155,20 @@ def test_decoding_on_a_thread_pool():
         mine = [c for c in out if c.ssrc == speaker.ssrc]
         assert [c.timestamp // 960 for c in mine] == list(range(30))
         assert not any(c.concealed for c in mine)
+
+
+def test_a_stream_back_after_a_minute_starts_with_a_fresh_decoder():
+    # Its state is forgotten after a minute without packets (SSRCs churn in a
+    # long call), so the pause is not "concealed" as a loss.
+    with voice_marbles() as m:
+        frames = [m.frame(1, at=0.0), m.frame(2, at=0.02), m.frame(5, at=70.0)]
+    subject: Subject[AudioFrame] = Subject()
+    chunks: list[PcmChunk] = []
+    subject.pipe(vops.decode_opus()).subscribe(chunks.append)
+    for frame in frames:
+        subject.on_next(frame)
+    assert [(c.timestamp // 960, c.concealed or c.recovered) for c in chunks] == [
+        (1, False),
+        (2, False),
+        (5, False),
+    ]

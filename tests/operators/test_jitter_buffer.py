@@ -125,3 +125,27 @@ def test_any_reordering_within_the_latency_is_undone(order: list[int]):
     values = [r.value.value for r in result if r.value.kind == "N"]
     assert values == list(range(1, 9))
     assert all(isinstance(v, int) for v in values)
+
+
+def test_a_stream_quiet_for_a_minute_is_forgotten_and_starts_afresh():
+    from reactivex.notification import OnCompleted, OnNext
+    from reactivex.testing.recorded import Recorded
+
+    from rxvoice.testing.marbles import SUBSCRIBED, values
+
+    def at(seconds: float, notification: object) -> Recorded[object]:
+        return Recorded(SUBSCRIBED + seconds, notification)  # type: ignore[arg-type]
+
+    with voice_marbles() as m:
+        # SSRC 1 goes quiet after 101, then restarts at 50 (behind 101): a
+        # remembered buffer would drop it as late; a forgotten one starts
+        # afresh. Its first packet after the pause sweeps the idle streams.
+        frames = m.scheduler.create_hot_observable(
+            at(0.02, OnNext(m.frame(100))),
+            at(0.04, OnNext(m.frame(101))),
+            at(70.0, OnNext(m.frame(50))),
+            at(70.02, OnNext(m.frame(51))),
+            at(70.04, OnCompleted()),
+        )
+        result = m.start(frames.pipe(vops.jitter_buffer()), describe=False)
+    assert [f.sequence for f in values(result)] == [100, 101, 50, 51]
