@@ -7,10 +7,10 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rxvoice import errors
+from rxvoice._lazy import lazy_getattr
 from rxvoice.events import (
     AudioFrame,
     AudioGap,
@@ -43,14 +43,7 @@ _LAZY = {
     "Shard": "rxvoice.shard",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'rxvoice' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

@@ -10,8 +10,9 @@ Names are resolved lazily, so importing this package costs nothing until used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rxvoice._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from rxvoice.testing.marbles import VoiceMarbles, values, voice_marbles
@@ -28,9 +29,4 @@ _WHERE = {
     "voice_marbles": "rxvoice.testing.marbles",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _WHERE)

@@ -1,0 +1,30 @@
+"""Package names resolved on first use (PEP 562), to keep imports light."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def lazy_getattr(package: str, where: Mapping[str, str]) -> Callable[[str], Any]:
+    """Make a module ``__getattr__`` that imports ``where[name]`` on first access.
+
+    Args:
+        package: The package's ``__name__``.
+        where: Each lazy name to the module that defines it.
+
+    Returns:
+        The ``__getattr__`` function; it caches each value in the package.
+    """
+
+    def resolve(name: str) -> Any:
+        module = where.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return resolve
