@@ -390,9 +390,11 @@ class Connection:
     async def connect(self, *, timeout: float = 30.0) -> None:
         """Open the voice connection and return once it can send and receive audio.
 
-        Without credentials, they are requested through the shard first. When a
-        session is kept (after a drop), the connection resumes it instead of
-        identifying anew.
+        Without credentials, they are requested through the shard first. The
+        session then lives until a final close: drops, 4015, missed heartbeat
+        ACKs and :meth:`reconnect` resume it (same SSRC, keys and DAVE group,
+        missed messages replayed); a close ends it, and a later ``connect()``
+        identifies anew.
 
         Raises:
             UsageError: If already connecting or connected, or no credentials can
@@ -409,16 +411,15 @@ class Connection:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         try:
-            if self._session is None:
-                info = await self._credentials()
-                self._session = VoiceSession(
-                    info,
-                    max_dave_protocol_version=self.max_dave_protocol_version,
-                    max_missed_heartbeats=self.max_missed_heartbeats,
-                )
-            resume = self._session.resumable
+            # A closed connection keeps no session: connect() always starts a new
+            # one; resuming happens inside the runner while the session lives.
+            self._session = VoiceSession(
+                await self._credentials(),
+                max_dave_protocol_version=self.max_dave_protocol_version,
+                max_missed_heartbeats=self.max_missed_heartbeats,
+            )
             self._watch_shard()
-            self._runner = loop.create_task(self._run(resume), name="rxvoice-connection")
+            self._runner = loop.create_task(self._run(), name="rxvoice-connection")
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except BaseException:
             if not self._closing:
@@ -696,9 +697,9 @@ class Connection:
             )
         return await self.request_voice()
 
-    async def _run(self, resume: bool) -> None:
+    async def _run(self) -> None:
         try:
-            await self._run_sessions(resume)
+            await self._run_sessions()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -708,8 +709,8 @@ class Connection:
             self._emit(self._on_disconnected, Disconnected(None, False, reason))
             self._finish(None, reason)
 
-    async def _run_sessions(self, resume: bool) -> None:
-        failures = 0
+    async def _run_sessions(self) -> None:
+        failures, resume = 0, False
         while not self._closing:
             readies = self._readies
             code = await self._one_websocket(resume)
@@ -1046,10 +1047,8 @@ class Connection:
         payload = frame[12:]
         if user_id is not None:
             opus = dave.decrypt(user_id, payload, now)
-        elif dave.protocol_version == 0 or payload == SILENCE_FRAME:
-            opus = payload
         else:
-            opus = None
+            opus = dave.open_unattributed(payload)
         if opus is None:
             if user_id is not None and is_dave_frame(payload):
                 # Perhaps the sender already uses keys of a commit we have not

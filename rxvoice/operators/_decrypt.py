@@ -13,7 +13,7 @@ from rxvoice.events import RTP_HEADER_SIZE, AudioFrame
 from rxvoice.operators._common import DiagnosticCallback, Reporter, choose_scheduler, now_of
 from rxvoice.protocol.crypto import RtpCrypto, TransportCipher
 from rxvoice.protocol.dave import DaveManager
-from rxvoice.protocol.rtp import OPUS_PAYLOAD_TYPE, SILENCE_FRAME, DatagramKind, classify
+from rxvoice.protocol.rtp import OPUS_PAYLOAD_TYPE, DatagramKind, classify
 
 
 class SsrcLookup(Protocol):
@@ -109,10 +109,8 @@ def decrypt_(
                 if dave_now is not None:
                     if user is not None:
                         opus = dave_now.decrypt(user, payload, now)
-                    elif dave_now.protocol_version == 0 or payload == SILENCE_FRAME:
-                        opus = payload
                     else:
-                        opus = None  # E2EE needs the sender's identity
+                        opus = dave_now.open_unattributed(payload)
                     if opus is None:
                         report(
                             "dave_decrypt_failed", "frame could not be DAVE-decrypted", ssrc, user

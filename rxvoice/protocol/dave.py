@@ -387,6 +387,21 @@ class DaveManager:
         self.stats.decrypted += 1
         return opus
 
+    def open_unattributed(self, frame: bytes) -> bytes | None:
+        """The Opus of a frame whose sender is unknown (its SSRC never mapped).
+
+        E2EE needs the sender's identity, so a DAVE frame stays closed whatever
+        the protocol version (one in flight across a downgrade, say): only the
+        silence frame, and plain frames in a call without DAVE, pass.
+
+        Returns:
+            The frame, or ``None`` when it cannot be opened (not counted here).
+        """
+        if frame == SILENCE_FRAME or (self.protocol_version == 0 and not is_dave_frame(frame)):
+            self.stats.passed_through += 1
+            return frame
+        return None
+
     def _failed(self, user_id: str, why: str, now: float, *, tolerated: bool = True) -> None:
         stats = self.stats
         stats.decrypt_failures += 1

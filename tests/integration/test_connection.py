@@ -9,15 +9,17 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+import rxvoice.connection
 from rxvoice.connection import Connection
 from rxvoice.errors import ConnectionClosed, DaveRequired, ReconnectInProgress, UsageError
 from rxvoice.events import AudioFrame, ConnectionState, Disconnected, SpeakingFlags
-from rxvoice.protocol.gateway import Resumed, SessionDescription
+from rxvoice.protocol.gateway import Resumed, SessionDescription, Speaking
 from rxvoice.protocol.rtp import SILENCE_FRAME
-from rxvoice.testing.sandbox import Sandbox
+from rxvoice.testing.sandbox import Faults, Sandbox
 
 from .conftest import Join
 from .helpers import Recorder, count
@@ -42,6 +44,8 @@ async def test_two_connections_and_speakers_exchange_audio_bit_exact(
     assert alice.dave.ready and bob.dave.ready
     assert alice.dave.epoch == bob.dave.epoch
     assert alice.dave.privacy_code == bob.dave.privacy_code
+    assert transitions.items[-1].privacy_code == bob.dave.privacy_code is not None
+    assert transitions.items[-1].epoch == bob.dave.epoch
 
     # Alice sends; bob receives every payload bit-exact and attributed to alice.
     sent = [bytes([0xFC, i, 0xAA, 0x55]) + bytes(range(i % 50)) for i in range(60)]
@@ -58,7 +62,58 @@ async def test_two_connections_and_speakers_exchange_audio_bit_exact(
         await rec.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= len(expected))
         assert payloads_of(rec.items, speaker.user_id) == expected
     assert bob.stats.dave_failures == 0
-    assert bob.dave.stats.decrypted >= 60
+    # Every non-silence frame went through DAVE both ways (a plain frame would
+    # also be accepted for a while after the group formed: count, not content).
+    assert alice.dave.stats.encrypted == len(sent)
+    spoken = [f for f in speaker.sent if f.opus != SILENCE_FRAME]
+    assert bob.dave.stats.decrypted == len(sent) + len(spoken)
+
+
+async def test_raw_frames_are_plain_and_as_received_audio_frames_in_order(
+    sandbox: Sandbox, join: Join
+) -> None:
+    speaker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    raw = Recorder(conn.on_raw_audio_frame)
+    ordered = Recorder(conn.on_audio_frame)
+    epochs = Recorder(conn.on_dave_epoch_transition)
+    await epochs.wait_for(lambda ts: any(speaker.user_id in t.members for t in ts))
+    talking = asyncio.ensure_future(speaker.talk(100))
+    # The network reorders and duplicates from the second frame on: a sender's
+    # very first DAVE frame cannot be opened after a later one (davey's replay
+    # window starts at the first nonce it sees).
+    await raw.wait_for(count(1))
+    sandbox.set_faults(Faults(reorder=0.3, reorder_delay=0.045, duplicate=0.1, seed=3))
+    await talking
+    expected = {f.sequence: f.opus for f in speaker.sent}
+    await ordered.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= len(expected))
+    mine = [f for f in raw.items if f.user_id == speaker.user_id]
+    # Both layers removed: a 12-byte RTP header, then the very Opus the speaker sent.
+    assert all(len(f.frame) == 12 + len(expected[f.sequence]) for f in mine)
+    assert all(f.frame[12:] == f.opus == expected[f.sequence] for f in mine)
+    assert all(f.frame[0] >> 6 == 2 and f.frame[8:12] == f.ssrc.to_bytes(4, "big") for f in mine)
+    # Raw frames come as the network delivered them; on_audio_frame in order, once each.
+    raw_order = [f.sequence for f in mine]
+    assert raw_order != sorted(raw_order)
+    in_order = [f.sequence for f in ordered.items if f.user_id == speaker.user_id]
+    assert in_order == sorted(expected)
+    assert sandbox.counters["reordered"] > 0 and sandbox.counters["duplicated"] > 0
+
+
+@pytest.mark.sandbox(heartbeat_interval=60.0)
+async def test_connected_then_heartbeats_acknowledge_what_was_received(
+    sandbox: Sandbox, join: Join
+) -> None:
+    conn = await join(connect=False)
+    connected = Recorder(conn.on_connected)
+    beats = Recorder(conn.on_heartbeat)
+    await conn.connect()
+    assert connected.items == [None]  # once, after Ready
+    # Two heartbeats sent after the session was ready acknowledge its messages.
+    await beats.wait_for(count(len(beats.items) + 2))
+    assert all(0 < rtt < 1000 for rtt in beats.items)  # milliseconds on loopback
+    [me] = [p for p in sandbox.participants() if p.user_id == conn.user_id]
+    assert me.seq_acked >= 2  # at least Ready and the Session Description
 
 
 async def test_audio_flows_across_epochs_when_members_join_and_leave(
@@ -154,6 +209,15 @@ async def test_invalid_sessions_start_a_new_session(
     assert conn.current_state is ConnectionState.READY
     assert conn.ssrc != first_ssrc  # a new session: new SSRC, key and DAVE group
     assert conn.stats.reconnects == 1
+    # The new session has its own DAVE group, and audio flows in it.
+    speaker = await sandbox.add_speaker(talk=False)
+    epochs = Recorder(conn.on_dave_epoch_transition)
+    await epochs.wait_for(lambda ts: any(speaker.user_id in t.members for t in ts))
+    frames = Recorder(conn.on_audio_frame)
+    await speaker.talk(5)
+    expected = {f.sequence: f.opus for f in speaker.sent}
+    await frames.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= len(expected))
+    assert payloads_of(frames.items, speaker.user_id) == expected
 
 
 @pytest.mark.parametrize("code", [4014, 4021, 4022, 4001, 4016, 4020])
@@ -243,6 +307,54 @@ async def test_speaking_events_and_roster(sandbox: Sandbox, join: Join) -> None:
     assert event.flags & SpeakingFlags.MICROPHONE
 
 
+async def test_speaking_flags_and_raw_messages_reach_the_call(sandbox: Sandbox, join: Join) -> None:
+    alice = await join()
+    bob = await join()
+    heard = Recorder(bob.on_speaking)
+
+    def alice_speaking() -> int:
+        return next(p.speaking for p in sandbox.participants() if p.user_id == alice.user_id)
+
+    await alice.set_speaking(SpeakingFlags.SOUNDSHARE | SpeakingFlags.PRIORITY)
+    await heard.wait_for(lambda es: any(e.user_id == alice.user_id for e in es))
+    assert heard.items[-1].flags == SpeakingFlags.SOUNDSHARE | SpeakingFlags.PRIORITY == 6
+    assert alice_speaking() == 6
+    # send(): a raw text frame and a message dataclass go out as given.
+    await alice.send(f'{{"op":5,"d":{{"speaking":1,"delay":0,"ssrc":{alice.ssrc}}}}}')
+    await sandbox.wait_for(lambda: alice_speaking() == 1)
+    await alice.send(Speaking(speaking=4, delay=0, ssrc=alice.ssrc))
+    await sandbox.wait_for(lambda: alice_speaking() == 4)
+
+
+async def test_malformed_messages_are_counted_and_the_session_goes_on(
+    sandbox: Sandbox, join: Join
+) -> None:
+    conn = await join()
+    assert conn.user_id is not None
+    diagnostics = Recorder(conn.on_diagnostic)
+    speaker = await sandbox.add_speaker(talk=False)
+    epochs = Recorder(conn.on_dave_epoch_transition)
+    await epochs.wait_for(lambda ts: any(speaker.user_id in t.members for t in ts))
+    bad: list[str | bytes] = [
+        "not json",
+        '{"op": 5, "d": {"speaking": "loud"}}',  # a known op with a wrong field
+        '{"op": 2, "d": []}',
+        b"\x00",  # a truncated binary frame
+        b"\x00\x07\x1e\xff",  # op 30 (welcome) with a garbage body
+        '{"op": 200, "d": {}}',  # unknown op: parsed, not an error
+    ]
+    for frame in bad:
+        assert sandbox.send_raw(conn.user_id, frame)
+    await diagnostics.wait_for(count(4))
+    assert conn.stats.malformed_messages >= 4
+    assert conn.current_state is ConnectionState.READY
+    frames = Recorder(conn.on_audio_frame)
+    await speaker.talk(5)
+    expected = {f.sequence: f.opus for f in speaker.sent}
+    await frames.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= len(expected))
+    assert conn.stats.reconnects == 0
+
+
 async def test_concurrent_reconnect_is_rejected(join: Join) -> None:
     conn = await join()
     first = asyncio.ensure_future(conn.reconnect())
@@ -253,30 +365,50 @@ async def test_concurrent_reconnect_is_rejected(join: Join) -> None:
     assert conn.current_state is ConnectionState.READY
 
 
+def _library_tasks() -> set[asyncio.Task[object]]:
+    """Unfinished tasks running rxvoice's connection or transport code, whatever their names."""
+    roots = (
+        Path(rxvoice.connection.__file__),
+        Path(rxvoice.connection.__file__).parent / "transport",
+    )
+    tasks = set()
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        where = Path(code.co_filename) if code is not None else None
+        if (
+            not task.done()
+            and where is not None
+            and any(where.is_relative_to(r) or where == r for r in roots)
+        ):
+            tasks.add(task)
+    return tasks
+
+
 async def test_force_close_releases_every_task_and_socket(sandbox: Sandbox, join: Join) -> None:
     speaker = await sandbox.add_speaker(talk=False)
     conn = await join()
     frames = Recorder(conn.on_audio_frame)
+    sending = asyncio.ensure_future(conn.play_opus([b"\xfc\x01\x02"] * 500))  # 10 s of audio
     await speaker.talk(5)
     await frames.wait_for(count(5))
     udp_socket = conn.udp._sock
     ws = conn.web_socket._ws
     assert isinstance(udp_socket, socket.socket) and ws is not None
-    mine = {t for t in asyncio.all_tasks() if t.get_name().startswith("rxvoice-connection")}
-    assert mine
+    ws_socket = ws.transport.get_extra_info("socket")
+    assert _library_tasks()  # the runner, heartbeats, the receive loop...
 
-    conn.force_close(4000)
-    await asyncio.sleep(0)  # one loop turn for cancellations to land
-    leftovers = [
-        t
-        for t in asyncio.all_tasks()
-        if not t.done() and (t in mine or t.get_name().startswith(("rxvoice-heartbeat",)))
-    ]
-    assert leftovers == []
+    conn.force_close(4321)
+    await asyncio.sleep(0)  # one loop turn for cancellations and aborts to land
+    assert _library_tasks() - {sending} == set()  # play_opus is the caller's own task
     assert udp_socket.fileno() == -1
-    assert ws.transport.is_closing()
     assert conn.current_state is ConnectionState.CLOSED
     assert conn.rtp is None and conn.dave is None and not conn.jitters
+    with pytest.raises((ConnectionClosed, UsageError, asyncio.CancelledError)):
+        await sending  # playback ends with the connection
+    # The close frame (written without waiting for the reply) reached the server;
+    # once written, the socket closes.
+    await sandbox.wait_for(lambda: sandbox.counters.get("client_closed_4321", 0) == 1)
+    assert ws_socket.fileno() == -1
     conn.force_close()  # idempotent
     gc.collect()
 
@@ -476,6 +608,21 @@ async def test_force_close_from_a_signal_handler(join: Join) -> None:
         await states.wait_for(lambda ss: ss[-1] is ConnectionState.CLOSED)
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
+    assert not conn.udp.is_open and not conn.web_socket.is_open
+
+
+async def test_force_close_from_a_real_signal_handler(join: Join) -> None:
+    # signal.signal handlers run between two bytecodes of the main thread,
+    # possibly inside the event loop's own code: nothing may await or block.
+    conn = await join()
+    previous = signal.signal(signal.SIGUSR2, lambda *_: conn.force_close())
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert conn.current_state is ConnectionState.CLOSED  # already, synchronously
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    await asyncio.sleep(0)
+    assert _library_tasks() == set()
     assert not conn.udp.is_open and not conn.web_socket.is_open
 
 

@@ -142,6 +142,8 @@ def test_sole_member_reset_sends_a_new_key_package():
     after = len([m for u, m in call.sent if u == A and isinstance(m, DaveMlsKeyPackage)])
     assert after == before + 1  # op 24 epoch 1 → reinit → op 26
     assert not call.managers[A].ready
+    # The reset is transition id 0 (op 21 id 0): it is never acknowledged with op 23.
+    assert DaveTransitionReady(0) not in [m for _, m in call.sent]
     call.join(C)
     call.assert_all_decrypt()
 
@@ -204,6 +206,22 @@ def test_downgrade_passes_plain_frames_and_stops_encrypting():
     assert a.decrypt("2001", OPUS, call.now) == OPUS
     call.tick(500.0)
     assert a.decrypt("2001", OPUS, call.now) == OPUS  # still version 0
+
+
+def test_a_frame_of_an_unknown_sender_is_opened_only_when_plain():
+    call = Call()
+    call.join(A)
+    call.join(B)
+    a, b = call.managers[A], call.managers[B]
+    in_flight = b.encrypt(OPUS)  # sent just before the downgrade
+    assert a.open_unattributed(in_flight) is None  # DAVE needs the sender
+    assert a.open_unattributed(OPUS) is None  # plain, but DAVE is on: cannot tell
+    assert a.open_unattributed(SILENCE_FRAME) == SILENCE_FRAME
+    call.run(call.service.join("2001", dave_capable=False, now=call.now))
+    assert a.protocol_version == 0
+    assert a.open_unattributed(OPUS) == OPUS
+    # A DAVE frame still in flight is never passed on as if it were Opus.
+    assert a.open_unattributed(in_flight) is None
 
 
 @pytest.mark.parametrize("version", [0])

@@ -73,6 +73,7 @@ class RawVoiceClient:
         self.ssrc = 0
         self.udp: asyncio.DatagramTransport | None = None
         self.datagrams: asyncio.Queue[bytes] = asyncio.Queue()
+        self.arrivals: list[tuple[float, bytes]] = []  # (loop time, datagram), discovery aside
         self._discovery: asyncio.Future[IpDiscoveryResponse] | None = None
         self.cipher: TransportCipher | None = None
         self.rtp: RtpCrypto | None = None
@@ -209,6 +210,7 @@ class RawVoiceClient:
         if len(data) == 74 and data[1] == 2 and self._discovery and not self._discovery.done():
             self._discovery.set_result(IpDiscoveryResponse.parse(data))
             return
+        self.arrivals.append((asyncio.get_running_loop().time(), data))
         self.datagrams.put_nowait(data)
 
     async def speak(self, flags: int = 1) -> None:

@@ -11,6 +11,7 @@ from websockets.asyncio.client import ClientConnection
 
 from rxvoice.protocol import gateway as gw
 from rxvoice.testing.sandbox import Sandbox
+from rxvoice.testing.sandbox.voice import new_snowflake
 from tests.sandbox.rawclient import harness
 
 
@@ -195,3 +196,71 @@ async def test_voice_session_replaced_by_a_new_identify() -> None:
         assert await a.wait_closed() == 4006
         assert (await watcher.next(gw.ClientDisconnect)).user_id == a.user_id
         assert h.sb.roster() == [watcher.user_id, a.user_id]
+
+
+async def test_moving_to_a_second_channel() -> None:
+    async with harness(dave=False) as h:
+        sb = h.sb
+        bot = await Bot.connect(sb)
+        await bot.login(sb.bot_token)
+        watcher = await Bot.connect(sb)
+        token, _ = sb.add_bot("watcher")
+        await watcher.login(token)
+        first, second = sb.channel_id, new_snowflake()
+        state, server = await _join(bot, sb)
+        await watcher.dispatch("VOICE_STATE_UPDATE")
+        voice = h.client(bot.user_id, session_id=state["session_id"], token=server["token"])
+        await voice.connect()
+        await voice.handshake()
+        assert sb.roster(first) == [bot.user_id]
+
+        # op 4 to another channel: dispatches for the new channel, a new token that joins
+        # the new call; the session in the old call ends with 4014.
+        moved_state, moved_server = await _join(bot, sb, second)
+        assert (moved_state["channel_id"], moved_state["user_id"]) == (second, bot.user_id)
+        assert moved_state["session_id"] == bot.session_id
+        assert moved_server["endpoint"] == sb.voice_endpoint
+        assert moved_server["token"] != server["token"]
+        seen = await watcher.dispatch("VOICE_STATE_UPDATE")
+        assert (seen["d"]["user_id"], seen["d"]["channel_id"]) == (bot.user_id, second)
+        assert await voice.wait_closed() == 4014
+        assert sb.roster(first) == []
+        there = h.client(
+            bot.user_id,
+            session_id=moved_state["session_id"],
+            token=moved_server["token"],
+            channel_id=second,
+        )
+        await there.connect()
+        await there.handshake()
+        assert sb.roster(second) == [bot.user_id] and sb.roster(first) == []
+        # The first channel's token no longer joins the call the bot left.
+        stale_first = h.client(bot.user_id, session_id=bot.session_id, token=server["token"])
+        await stale_first.connect()
+        await stale_first.send(stale_first.identify_message())
+        assert await stale_first.wait_closed() == 4004
+
+        # Discord moves the bot back (sb.move): the same pair of dispatches for that channel.
+        assert sb.move(bot.user_id, first)
+        back_state = await bot.dispatch("VOICE_STATE_UPDATE")
+        back_server = await bot.dispatch("VOICE_SERVER_UPDATE")
+        assert back_server["s"] == back_state["s"] + 1
+        assert (back_state["d"]["channel_id"], back_state["d"]["user_id"]) == (first, bot.user_id)
+        assert back_server["d"]["endpoint"] == sb.voice_endpoint
+        assert back_server["d"]["token"] not in (server["token"], moved_server["token"])
+        seen = await watcher.dispatch("VOICE_STATE_UPDATE")
+        assert (seen["d"]["user_id"], seen["d"]["channel_id"]) == (bot.user_id, first)
+        assert await there.wait_closed() == 4014
+        back = h.client(bot.user_id, session_id=bot.session_id, token=back_server["d"]["token"])
+        await back.connect()
+        await back.handshake()
+        assert sb.roster(first) == [bot.user_id] and sb.roster(second) == []
+        # sb.move revoked the second channel's token.
+        stale = h.client(
+            bot.user_id, session_id=bot.session_id, token=moved_server["token"], channel_id=second
+        )
+        await stale.connect()
+        await stale.send(stale.identify_message())
+        assert await stale.wait_closed() == 4004
+        await bot.ws.close()
+        await watcher.ws.close()

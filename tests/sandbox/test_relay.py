@@ -211,9 +211,151 @@ def test_fault_injector_is_deterministic() -> None:
         Faults(loss=1.5)
 
 
-async def test_keepalives_are_echoed() -> None:
-    async with harness(dave=False) as h:
-        a = await h.joined()
-        assert a.udp is not None
-        a.udp.sendto(b"\x07\x00\x00\x00\x00\x00\x00\x00")
-        assert await a.recv_datagram() == b"\x07\x00\x00\x00\x00\x00\x00\x00"
+KEEPALIVE = struct.pack("<I4x", 7)  # discord.js: a u32 LE counter and 4 zero bytes (§3.2)
+
+
+async def test_keepalives_are_counted_and_never_answered() -> None:
+    async with harness(dave=False, rtcp_interval=0) as h:
+        a, b = await _pair(h)
+        await b.speak(1)
+        await a.next(gw.Speaking)
+        assert a.udp is not None and b.udp is not None and a.cipher is not None
+        assert b.cipher is not None
+        for count, client in enumerate((a, b), 1):
+            client.udp.sendto(KEEPALIVE)
+            await h.sb.wait_for(lambda n=count: h.sb.counters.get("udp_keepalives", 0) == n)
+        # Loopback UDP keeps order: an echo, sent while the keepalive was handled,
+        # would arrive before the RTP sent after it. The first datagram is the RTP.
+        a.send_opus(b"to b")
+        assert b.cipher.open(await b.recv_datagram()).payload == b"to b"
+        b.send_opus(b"to a")
+        assert a.cipher.open(await a.recv_datagram()).payload == b"to a"
+        assert len(a.arrivals) == len(b.arrivals) == 1
+        assert h.sb.counters["rtp_relayed"] == 2
+
+
+async def test_rtcp_from_clients_is_counted_and_ignored() -> None:
+    async with harness(dave=False, rtcp_interval=0) as h:
+        a, b = await _pair(h)
+        assert a.udp is not None and b.cipher is not None
+        # A receiver report as a client would send it (rtpsize: 8 clear bytes, then sealed).
+        report = struct.pack(">BBHI", 0x81, 201, 7, a.ssrc) + bytes(24 + 16 + 4)
+        assert is_rtcp(report)
+        a.udp.sendto(report)
+        await h.sb.wait_for(lambda: h.sb.counters.get("rtcp_received", 0) == 1)
+        a.send_opus(b"after rtcp")
+        assert b.cipher.open(await b.recv_datagram()).payload == b"after rtcp"
+        assert len(b.arrivals) == 1 and not a.arrivals
+        assert h.sb.counters["rtp_relayed"] == 1
+        assert "decrypt_failures" not in h.sb.counters and "udp_junk" not in h.sb.counters
+
+
+async def test_each_recipient_has_its_own_nonce_counter() -> None:
+    async with harness(dave=False, rtcp_interval=0) as h:
+        clients = [await h.joined(mode=mode) for mode in (AES, XCHACHA, AES)]
+        for i, c in enumerate(clients):
+            assert c.cipher is not None
+            key = c.of(gw.SessionDescription)[0].secret_key
+            # Senders' own nonces start far away (1001, 2001, 3001), so they cannot be confused.
+            c.rtp = RtpCrypto(c.cipher.mode, key, c.ssrc, nonce=1000 * (i + 1))
+            await c.speak(1)
+        for c in clients:
+            await c.wait_until(lambda c=c: len(c.of(gw.Speaking)) == 2)
+        # Interleaved senders: a shared counter, or the sender's, would show up as gaps.
+        script = [0, 0, 1, 0, 2, 1, 2, 0]
+        nonces: dict[str, list[int]] = {c.user_id: [] for c in clients}
+        for step, index in enumerate(script):
+            sender = clients[index]
+            sender.send_opus(b"step %d" % step)
+            for other in clients:
+                if other is sender:
+                    continue
+                raw, packet = await other.recv_rtp()
+                assert packet.header.ssrc == sender.ssrc and packet.payload == b"step %d" % step
+                nonces[other.user_id].append(int.from_bytes(raw[-4:], "big"))
+        for i, c in enumerate(clients):
+            received = sum(1 for index in script if index != i)
+            assert nonces[c.user_id] == list(range(1, received + 1))
+        assert all(c.datagrams.empty() for c in clients)
+
+
+def _planned_delays(faults: Faults, count: int) -> list[float]:
+    """The delays the relay's injector will choose for its next ``count`` datagrams
+    (one datagram out per datagram in: no loss, duplicates or garbage)."""
+    injector = FaultInjector(faults)
+    plans = [injector.plan(bytes(40)) for _ in range(count)]
+    assert all(len(plan) == 1 for plan in plans)
+    return [plan[0][0] for plan in plans]
+
+
+async def test_reorder_fault_end_to_end() -> None:
+    async with harness(dave=False, rtp_extensions=False, rtcp_interval=0) as h:
+        a, b = await _pair(h)
+        assert a.rtp is not None
+        count = 12
+        faults = h.sb.set_faults(reorder=0.3, reorder_delay=0.15, seed=4)
+        delays = _planned_delays(faults, count)
+        sent = []
+        for i in range(count):
+            sent.append(a.rtp.sequence)
+            a.send_opus(bytes([i + 1]) * 12)
+        held = [seq for seq, delay in zip(sent, delays, strict=True) if delay > 0]
+        prompt = [seq for seq, delay in zip(sent, delays, strict=True) if delay == 0]
+        assert held and prompt and sent.index(held[0]) < sent.index(prompt[-1])
+        arrived = []
+        for _ in range(count):
+            _, packet = await b.recv_rtp()
+            arrived.append(packet.header.sequence)
+            assert packet.payload == bytes([sent.index(packet.header.sequence) + 1]) * 12
+        # Held packets are overtaken by the ones after them; nothing is lost.
+        assert arrived == prompt + held
+        assert arrived != sent and sorted(arrived) == sorted(sent)
+        assert h.sb.counters["reordered"] == len(held)
+        assert b.datagrams.empty()
+
+
+async def test_truncate_fault_end_to_end() -> None:
+    async with harness(dave=False, rtp_extensions=False, rtcp_interval=0) as h:
+        a, b = await _pair(h)
+        assert a.rtp is not None and b.cipher is not None
+        h.sb.set_faults(truncate=1.0, seed=1)
+        payload = b"cut short " * 4
+        seq, ts = a.rtp.sequence, a.rtp.timestamp
+        a.send_opus(payload)
+        cut = await b.recv_datagram()
+        h.sb.set_faults(truncate=0.0)
+        # What the relay sealed for b (its nonce 1) before the fault cut it.
+        header = RtpHeader(sequence=seq, timestamp=ts, ssrc=a.ssrc).serialize()
+        whole = b.cipher.seal(header, payload, 1)
+        assert 0 < len(cut) < len(whole) and whole.startswith(cut)
+        with pytest.raises(ProtocolError):
+            b.cipher.open(cut)
+        assert h.sb.counters["truncated"] == 1
+        # The stream goes on intact once the fault is off.
+        a.send_opus(b"whole")
+        raw, packet = await b.recv_rtp()
+        assert packet.payload == b"whole" and int.from_bytes(raw[-4:], "big") == 2
+
+
+async def test_jitter_fault_delays_within_bounds() -> None:
+    async with harness(dave=False, rtp_extensions=False, rtcp_interval=0) as h:
+        a, b = await _pair(h)
+        assert a.rtp is not None
+        loop = asyncio.get_running_loop()
+        count, jitter = 10, 0.08
+        faults = h.sb.set_faults(jitter=jitter, seed=2)
+        delays = _planned_delays(faults, count)
+        assert all(0.0 <= d <= jitter for d in delays)
+        assert max(delays) - min(delays) > jitter / 2  # a spread worth measuring
+        sent_at: dict[int, float] = {}
+        for i in range(count):
+            sent_at[a.rtp.sequence] = loop.time()
+            a.send_opus(bytes([i + 1]) * 12)
+        for _ in range(count):
+            await b.recv_rtp()
+        arrived_at = {RtpHeader.parse(d).sequence: t for t, d in b.arrivals}
+        assert arrived_at.keys() == sent_at.keys()
+        for (seq, sent), delay in zip(sent_at.items(), delays, strict=True):
+            latency = arrived_at[seq] - sent
+            # Never earlier than the planned delay (loop clock); the upper bound is generous.
+            assert delay - 0.002 <= latency <= jitter + 0.5, (seq, delay, latency)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 
@@ -114,3 +115,65 @@ async def test_speaker_resumes_after_a_resumable_close() -> None:
         assert sb.roster() == [speaker.user_id] and not speaker.closed
         sb.force_close(speaker.user_id, 4014)
         await sb.wait_for(lambda: speaker.closed and sb.roster() == [])
+
+
+async def test_dave_churn_settles_and_media_still_decrypts() -> None:
+    async with harness() as h:
+        sb = h.sb
+        speakers = [await sb.add_speaker(talk=False) for _ in range(2)]
+        listener = await h.joined()
+        await settled(sb, speakers, listener)
+        service = sb.dave()
+        assert service is not None
+        epoch = service.epoch
+        await sb.churn(2)
+        assert sb.counters["churn_cycles"] == 2
+        # The churners came and went: the group moved on and everyone is on its epoch.
+        await settled(sb, speakers, listener)
+        assert service.epoch > epoch
+        # One of the original speakers leaves too; the other still gets through.
+        await sb.remove_speaker(speakers[0])
+        await settled(sb, speakers[1:], listener)
+        assert service.stats.transition_timeouts == 0 and not listener.dave_errors
+        speaker = speakers[1]
+        frames = 10
+        await speaker.talk(frames)
+        await listener.wait_until(lambda: speaker.ssrc in listener.ssrc_user)
+        received: dict[int, bytes] = {}
+        while len(received) < frames:
+            _, packet = await listener.recv_rtp()
+            assert packet.header.ssrc == speaker.ssrc
+            assert is_dave_frame(packet.payload)
+            received[packet.header.sequence] = listener.dave_decrypt(speaker.ssrc, packet.payload)
+        assert received == {f.sequence: f.opus for f in speaker.sent}
+        assert all(f.dave for f in speaker.sent)
+
+
+async def test_speaker_pacing_and_rtp_steps() -> None:
+    async with harness(dave=False, rtcp_interval=0) as h:
+        sb = h.sb
+        speaker = await sb.add_speaker(talk=False)
+        listener = await h.joined()
+        loop = asyncio.get_running_loop()
+        frames = 25
+        start = loop.time()
+        await speaker.talk(frames)
+        elapsed = loop.time() - start
+        # 25 frames at 20 ms: 24 intervals between the first and the last, then one more.
+        assert elapsed >= 0.46, elapsed
+        sent = list(speaker.sent)
+        assert len(sent) == frames
+        for before, after in itertools.pairwise(sent):
+            assert after.sequence == (before.sequence + 1) & 0xFFFF
+            assert after.timestamp == (before.timestamp + 960) & 0xFFFF_FFFF
+        # On the wire as recorded, and spread over the same time at the receiving end.
+        for frame in sent:
+            _, packet = await listener.recv_rtp()
+            assert packet.header.ssrc == speaker.ssrc
+            assert (packet.header.sequence, packet.header.timestamp) == (
+                frame.sequence,
+                frame.timestamp,
+            )
+            assert packet.payload == frame.opus
+        times = [t for t, _ in listener.arrivals]
+        assert len(times) == frames and times[-1] - times[0] >= 0.46

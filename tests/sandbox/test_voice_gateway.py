@@ -9,8 +9,9 @@ import websockets
 
 from rxvoice.errors import UsageError
 from rxvoice.protocol import gateway as gw
+from rxvoice.protocol.crypto import TransportCipher
 from rxvoice.testing.sandbox import Sandbox
-from tests.sandbox.rawclient import AES, XCHACHA, Harness, harness
+from tests.sandbox.rawclient import AES, XCHACHA, Harness, RawVoiceClient, harness
 
 
 @pytest.fixture
@@ -181,7 +182,19 @@ async def test_resume_replays_missed_messages(h: Harness) -> None:
     # Same SSRC and key: UDP keeps working without a new handshake.
     info = {p.user_id: p for p in h.sb.participants()}[a.user_id]
     assert info.ssrc == ssrc and info.connected
-    assert key == a.of(gw.SessionDescription)[0].secret_key
+    # The resumed session keeps a's socket, SSRC and RtpCrypto (the old key, counters going on).
+    assert a.rtp is not None and a.cipher is not None
+    r.ssrc, r.udp, r.rtp, r.datagrams = a.ssrc, a.udp, a.rtp, a.datagrams
+    r.cipher = TransportCipher(a.cipher.mode, key)
+    await r.speak(1)
+    assert (await b.next(gw.Speaking)).user_id == a.user_id
+    r.send_opus(b"after resume")
+    _, packet = await b.recv_rtp()
+    assert (packet.header.ssrc, packet.payload) == (ssrc, b"after resume")
+    b.send_opus(b"to the resumed client")
+    _, packet = await r.recv_rtp()  # opened with the key from a's op 4
+    assert (packet.header.ssrc, packet.payload) == (b.ssrc, b"to the resumed client")
+    assert not r.of(gw.SessionDescription)  # no new key was handed out
 
 
 async def test_resume_rejections() -> None:
@@ -214,7 +227,42 @@ async def test_resume_rejections() -> None:
         await h.sb.wait_for(lambda: a.user_id not in h.sb.roster())
 
 
-@pytest.mark.parametrize("code", [4006, 4014, 4021, 4022])
+async def test_heartbeat_seq_ack_trims_the_replay_buffer() -> None:
+    async with harness(dave=False) as h:
+        acked = await h.joined()
+        unacked = await h.joined()
+        # Only `acked` acknowledges what it has seen; its buffer is trimmed up to there.
+        await acked.send(gw.Heartbeat(nonce=1, seq_ack=acked.last_seq))
+        await acked.next(gw.HeartbeatAck)
+        for c in (acked, unacked):
+            assert h.sb.force_close(c.user_id, 4015)
+            assert await c.wait_closed() == 4015
+
+        def resume(c: RawVoiceClient) -> gw.Resume:
+            return gw.Resume(
+                server_id=h.sb.guild_id, session_id=c.session_id, token=c.token, seq_ack=0
+            )
+
+        # Without an ack nothing was trimmed: seq_ack=0 replays everything from seq 1.
+        r = h.client(unacked.user_id, session_id=unacked.session_id, token=unacked.token)
+        await r.connect()
+        await r.send(resume(unacked))
+        await r.next(gw.Resumed)
+        await r.wait_until(lambda: r.last_seq == unacked.last_seq)
+        numbered = [e.seq for e in r.messages if e.seq is not None]
+        assert numbered == list(range(1, unacked.last_seq + 1))
+        # After the ack, seq_ack=0 asks for messages that are gone: refused with 4006.
+        r = h.client(acked.user_id, session_id=acked.session_id, token=acked.token)
+        await r.connect()
+        await r.send(resume(acked))
+        assert await r.wait_closed() == 4006
+        assert not r.of(gw.Resumed)
+        assert h.sb.counters["resume_gaps"] == 1
+        await h.sb.wait_for(lambda: acked.user_id not in h.sb.roster())
+        assert unacked.user_id in h.sb.roster()
+
+
+@pytest.mark.parametrize("code", [4006, 4009, 4014, 4017, 4021, 4022])
 async def test_forced_final_closes_end_the_session(h: Harness, code: int) -> None:
     a = await h.joined()
     b = await h.joined()
@@ -288,6 +336,38 @@ async def test_a_session_id_cannot_serve_two_users() -> None:
         await second.send(second.identify_message())
         assert await second.wait_closed() == 4004
         assert first.user_id in h.sb.roster()
+        # Still held while the first user's session waits for a resume.
+        assert h.sb.force_close(first.user_id, 4015)
+        assert await first.wait_closed() == 4015
+        third = h.client(token=h.sb.voice_token, session_id="shared")
+        await third.connect()
+        await third.send(third.identify_message())
+        assert await third.wait_closed() == 4004
+        assert h.sb.roster() == [first.user_id]
+
+
+async def test_universal_token_needs_a_snowflake_user_id_and_the_right_guild() -> None:
+    async with harness(dave=False) as h:
+        # A user id that is not a snowflake makes Identify undecodable: 4002.
+        c = h.client()
+        await c.connect()
+        identify = {
+            "server_id": h.sb.guild_id,
+            "user_id": "not-a-snowflake",
+            "session_id": "s1",
+            "token": h.sb.voice_token,
+        }
+        await c.send_raw(json.dumps({"op": 0, "d": identify}))
+        assert await c.wait_closed() == 4002
+        # Another guild's server_id: 4004, with the universal token as with a minted one.
+        user_id = h.user_id()
+        for token in (h.sb.voice_token, h.sb.voice_credentials(user_id).token):
+            c = h.client(user_id, server_id="1234567890123456789", token=token)
+            await c.connect()
+            await c.send(c.identify_message())
+            assert await c.wait_closed() == 4004
+        assert h.sb.roster() == []
+        assert h.sb.counters["auth_failures"] == 2
 
 
 async def test_the_sandbox_advertises_ipv4_only() -> None:

@@ -503,6 +503,16 @@ class Sandbox:
         """
         return self._server.force_close(user_id, code)
 
+    def send_raw(self, user_id: str, frame: str | bytes) -> bool:
+        """Send any frame, as is, to a user's voice WebSocket.
+
+        For malformed or unexpected messages, to see that a client survives them.
+
+        Returns:
+            Whether the user had a connection.
+        """
+        return self._server.send_raw(user_id, frame)
+
     def leave(self, user_id: str) -> None:
         """The user leaves voice (kick or main-gateway leave): its session ends with 4014.
 

@@ -376,8 +376,12 @@ class MainGateway:
             logger.warning("op 4 with an invalid channel_id ignored")
             return
         previous = self._voice_channel.get(user_id)
+        moved = previous is not None and previous != channel_id
+        if moved:
+            # The old call's tokens must not join it any more, as in move().
+            self._voice.revoke_tokens(user_id)
         self._join(conn, channel_id)
-        if previous is not None and previous != channel_id:
+        if moved:
             # Moved to another channel: the old call's session is over.
             self._voice.leave(user_id)
 

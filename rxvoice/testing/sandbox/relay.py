@@ -114,9 +114,9 @@ class Relay(asyncio.DatagramProtocol):
             if kind is DatagramKind.RTP:
                 self._relay(data, address)
             elif kind is DatagramKind.KEEPALIVE:
-                # Echoed: some clients measure or expect the answer (§3.2).
+                # Counted and ignored, never answered (§3.2, §7.3): discord.js no
+                # longer expects or measures a reply.
                 self._counters["udp_keepalives"] += 1
-                self._sendto(data, address)
             elif kind is DatagramKind.RTCP:
                 self._counters["rtcp_received"] += 1
             else:

@@ -115,6 +115,9 @@ class ParticipantInfo:
         udp_address: Where the relay sends this user's media.
         packets_in: RTP packets accepted from this user.
         packets_out: RTP packets relayed to this user.
+        seq: The last ``seq`` sent to this user.
+        seq_acked: The highest ``seq`` the user acknowledged (heartbeat or
+            resume ``seq_ack``); 0 before any.
     """
 
     user_id: str
@@ -128,6 +131,8 @@ class ParticipantInfo:
     udp_address: tuple[str, int] | None
     packets_in: int
     packets_out: int
+    seq: int
+    seq_acked: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +167,7 @@ class Participant:
     dave_joined: bool = False
     conn: VoiceConnection | None = field(default=None, repr=False)
     seq: int = 0
+    seq_acked: int = 0
     floor: int = 0
     buffer: collections.deque[tuple[int, str | bytes]] = field(
         default_factory=collections.deque, repr=False
@@ -191,6 +197,8 @@ class Participant:
             udp_address=self.udp_addr,
             packets_in=self.packets_in,
             packets_out=self.packets_out,
+            seq=self.seq,
+            seq_acked=self.seq_acked,
         )
 
 
@@ -370,6 +378,8 @@ class VoiceServer:
         if conn.heartbeat_timer is not None:
             conn.heartbeat_timer.cancel()
             conn.heartbeat_timer = None
+        if not conn.closing:  # the client ended it (closed_* counts the sandbox's closes)
+            self._count(f"client_closed_{code}")
         conn.closing = True
         p = conn.session
         if p is None or p.conn is not conn:
@@ -442,6 +452,19 @@ class VoiceServer:
         self._close(p.conn, code, reason or "closed by the sandbox")
         return True
 
+    def send_raw(self, user_id: str, frame: str | bytes) -> bool:
+        """Send ``frame`` as is to ``user_id``'s connection (no seq, no checks).
+
+        Returns:
+            Whether the user had a connection.
+        """
+        p = self._by_user.get(user_id)
+        if p is None or p.conn is None or p.conn.closing:
+            return False
+        self._count("raw_frames_sent")
+        p.conn.link.send(frame)
+        return True
+
     # -- sending ----------------------------------------------------------------------------
 
     def send(self, p: Participant, message: gw.GatewayMessage) -> None:
@@ -466,6 +489,7 @@ class VoiceServer:
 
     def _ack(self, p: Participant, seq_ack: int | None) -> int:
         full = _unwrap_ack(seq_ack, p.seq)
+        p.seq_acked = max(p.seq_acked, full)
         while p.buffer and p.buffer[0][0] <= full:
             p.floor = p.buffer.popleft()[0]
         return full
