@@ -8,6 +8,10 @@ from typing import Any, Generic, TypeVar
 
 from reactivex import Observable
 
+from rxvoice.connection import Connection
+from rxvoice.events import AudioFrame
+from rxvoice.testing.sandbox.speakers import Speaker
+
 T = TypeVar("T")
 
 
@@ -58,3 +62,27 @@ class Recorder(Generic[T]):
 def count(n: int) -> Callable[[list[Any]], bool]:
     """A predicate: at least ``n`` items."""
     return lambda items: len(items) >= n
+
+
+def payloads_of(frames: list[AudioFrame], user_id: str) -> dict[int, bytes]:
+    """A user's Opus payloads by RTP sequence number."""
+    return {f.sequence: f.opus for f in frames if f.user_id == user_id}
+
+
+async def until_in_group(conn: Connection, user_id: str) -> None:
+    """Wait until ``conn``'s DAVE group includes ``user_id`` (already, or at a transition)."""
+    epochs = Recorder(conn.on_dave_epoch_transition)  # subscribed before looking: no race
+    try:
+        dave = conn.dave
+        if dave is not None and dave.ready and user_id in dave.members:
+            return
+        await epochs.wait_for(lambda ts: any(user_id in t.members for t in ts))
+    finally:
+        epochs.dispose()
+
+
+async def hear_everything(frames: Recorder[AudioFrame], speaker: Speaker) -> dict[int, bytes]:
+    """Wait until ``frames`` holds every frame ``speaker`` sent; return what was sent."""
+    expected = {f.sequence: f.opus for f in speaker.sent}
+    await frames.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= len(expected))
+    return expected

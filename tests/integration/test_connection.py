@@ -22,11 +22,7 @@ from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.testing.sandbox import Faults, Sandbox
 
 from .conftest import Join
-from .helpers import Recorder, count
-
-
-def payloads_of(frames: list[AudioFrame], user_id: str) -> dict[int, bytes]:
-    return {f.sequence: f.opus for f in frames if f.user_id == user_id}
+from .helpers import Recorder, count, hear_everything, payloads_of, until_in_group
 
 
 async def test_two_connections_and_speakers_exchange_audio_bit_exact(
@@ -76,8 +72,7 @@ async def test_raw_frames_are_plain_and_as_received_audio_frames_in_order(
     conn = await join()
     raw = Recorder(conn.on_raw_audio_frame)
     ordered = Recorder(conn.on_audio_frame)
-    epochs = Recorder(conn.on_dave_epoch_transition)
-    await epochs.wait_for(lambda ts: any(speaker.user_id in t.members for t in ts))
+    await until_in_group(conn, speaker.user_id)
     talking = asyncio.ensure_future(speaker.talk(100))
     # The network reorders and duplicates from the second frame on: a sender's
     # very first DAVE frame cannot be opened after a later one (davey's replay
@@ -85,8 +80,7 @@ async def test_raw_frames_are_plain_and_as_received_audio_frames_in_order(
     await raw.wait_for(count(1))
     sandbox.set_faults(Faults(reorder=0.3, reorder_delay=0.045, duplicate=0.1, seed=3))
     await talking
-    expected = {f.sequence: f.opus for f in speaker.sent}
-    await ordered.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= len(expected))
+    expected = await hear_everything(ordered, speaker)
     mine = [f for f in raw.items if f.user_id == speaker.user_id]
     # Both layers removed: a 12-byte RTP header, then the very Opus the speaker sent.
     assert all(len(f.frame) == 12 + len(expected[f.sequence]) for f in mine)
@@ -211,13 +205,10 @@ async def test_invalid_sessions_start_a_new_session(
     assert conn.stats.reconnects == 1
     # The new session has its own DAVE group, and audio flows in it.
     speaker = await sandbox.add_speaker(talk=False)
-    epochs = Recorder(conn.on_dave_epoch_transition)
-    await epochs.wait_for(lambda ts: any(speaker.user_id in t.members for t in ts))
+    await until_in_group(conn, speaker.user_id)
     frames = Recorder(conn.on_audio_frame)
     await speaker.talk(5)
-    expected = {f.sequence: f.opus for f in speaker.sent}
-    await frames.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= len(expected))
-    assert payloads_of(frames.items, speaker.user_id) == expected
+    assert payloads_of(frames.items, speaker.user_id) == await hear_everything(frames, speaker)
 
 
 @pytest.mark.parametrize("code", [4014, 4021, 4022, 4001, 4016, 4020])
@@ -333,8 +324,7 @@ async def test_malformed_messages_are_counted_and_the_session_goes_on(
     assert conn.user_id is not None
     diagnostics = Recorder(conn.on_diagnostic)
     speaker = await sandbox.add_speaker(talk=False)
-    epochs = Recorder(conn.on_dave_epoch_transition)
-    await epochs.wait_for(lambda ts: any(speaker.user_id in t.members for t in ts))
+    await until_in_group(conn, speaker.user_id)
     bad: list[str | bytes] = [
         "not json",
         '{"op": 5, "d": {"speaking": "loud"}}',  # a known op with a wrong field
@@ -350,8 +340,7 @@ async def test_malformed_messages_are_counted_and_the_session_goes_on(
     assert conn.current_state is ConnectionState.READY
     frames = Recorder(conn.on_audio_frame)
     await speaker.talk(5)
-    expected = {f.sequence: f.opus for f in speaker.sent}
-    await frames.wait_for(lambda fs: len(payloads_of(fs, speaker.user_id)) >= len(expected))
+    await hear_everything(frames, speaker)
     assert conn.stats.reconnects == 0
 
 
