@@ -1,4 +1,4 @@
-"""Marble tests for voice pipelines, on top of :mod:`reactivex.testing.marbles`.
+"""Marble tests for voice pipelines, on RxPY's ``TestScheduler`` and marble syntax.
 
 :func:`voice_marbles` opens a virtual-time test (a
 ``reactivex.testing.TestScheduler``) in which every marble position lasts
