@@ -25,7 +25,8 @@ Conventions shared by every operator:
 - **Time from the scheduler.** Deadlines and ticks use the ``scheduler``
   argument, else the one given to ``subscribe``, else an ``AsyncIOScheduler``
   on the running asyncio loop, else RxPY's ``TimeoutScheduler`` (the defaults
-  on a monotonic clock); never the wall clock. Under a
+  on a monotonic clock; ``decrypt`` on a Connection session uses the
+  Connection's). Under a
   ``reactivex.testing.TestScheduler`` the whole pipeline runs in virtual time
   (see :mod:`rxvoice.testing.marbles`).
 - **Errors.** An exception from a user callback (a path function, a
@@ -195,11 +196,10 @@ def decrypt(
             ``"dave_decrypt_failed"``, ``"no_keys"``, ``"not_opus"``, ``"not_rtp_rtcp"``...).
         on_diagnostic: Called with each undecryptable datagram's
             :class:`~rxvoice.events.Diagnostic`.
-        clock: The time DAVE's transition windows and ``received_at`` use;
-            defaults to the scheduler's time. The default scheduler in an
-            asyncio program tells the loop's time, the clock a Connection's
-            DaveManager measures with; a session used under another
-            scheduler needs ``clock=loop.time``.
+        clock: The time DAVE's transition windows and ``received_at`` use.
+            With a session it defaults to ``time.monotonic`` (the event loop's
+            clock, the one a Connection's DaveManager measures with, whatever
+            the scheduler); with a cipher, to the scheduler's time.
 
     Returns:
         An operator from datagrams (``bytes``) to
@@ -291,9 +291,9 @@ def decode_opus(
     ``max_conceal`` leaves the middle of a long loss unfilled). A
     corrupted packet is concealed instead (``concealed=True``) and counted. A
     sequence jump beyond ``max_gap`` resets the decoder; a user's new SSRC
-    gets a fresh decoder, and late frames of their old SSRC are dropped and
-    counted (``stale_ssrc``). The decoder of an SSRC quiet for a minute (by
-    ``received_at``) is freed; if it comes back it gets a fresh one. Late or
+    gets a fresh decoder (late frames of the old one still decode with
+    theirs). The decoder of an SSRC quiet for a minute (by ``received_at``) is
+    freed; if it comes back it gets a fresh one. Late or
     duplicate frames (put the stream through :func:`jitter_buffer` first) are
     dropped and counted.
 

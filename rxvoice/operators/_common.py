@@ -152,8 +152,8 @@ class IdleStreams(Generic[_K]):
 
     def expired(self, now: float) -> list[_K]:
         """Return (and stop tracking) the streams quiet for more than ``after`` seconds."""
-        if now < self._next_sweep:
-            return []
+        if self._next_sweep - self._after <= now < self._next_sweep:
+            return []  # swept less than ``after`` ago (a clock that went back sweeps too)
         self._next_sweep = now + self._after
         horizon = now - self._after
         gone = [key for key, seen in self._seen.items() if seen < horizon]

@@ -16,9 +16,6 @@ from rxvoice.events import AudioFrame, AudioGap, PcmChunk
 from rxvoice.operators._common import RTP_RATE, DiagnosticCallback, IdleStreams, Reporter
 from rxvoice.protocol.seq import seq_add, seq_diff, ts_add
 
-MAX_RETIRED = 256
-"""How many old SSRCs ``decode_opus`` remembers, to drop their late frames."""
-
 
 class SsrcDecoder:
     """Decodes one SSRC's frames in order, filling losses (no reactivex, no threads).
@@ -146,9 +143,6 @@ def decode_opus_(
             report = Reporter(stats, on_diagnostic)
             lock = threading.RLock()
             decoders: dict[int, SsrcDecoder] = {}
-            ssrc_of: dict[str, int] = {}
-            retired: dict[int, str] = {}  # a user's previous SSRCs, oldest first
-            owners: dict[int, str] = {}  # SSRC -> user, to forget quiet streams
             idle: IdleStreams[int] = IdleStreams()
             # Off-loop mode: one queue and at most one running drain per SSRC,
             # which keeps each user's order while users decode in parallel.
@@ -157,31 +151,14 @@ def decode_opus_(
             source_done = False
             stopped = False
 
-            def decoder_for(frame: AudioFrame) -> SsrcDecoder | None:
-                """The frame's decoder; ``None`` for a straggler of a user's old SSRC."""
-                ssrc, user = frame.ssrc, frame.user_id
+            def decoder_for(frame: AudioFrame) -> SsrcDecoder:
+                # One decoder per SSRC: a user's new SSRC (a reconnect) gets its
+                # own, and late frames of the old one still decode with theirs.
+                # A decoder is freed a minute after its SSRC's last frame.
+                ssrc = frame.ssrc
                 returning = idle.touch(ssrc, frame.received_at)
                 for gone in idle.expired(frame.received_at) + ([ssrc] if returning else []):
                     decoders.pop(gone, None)
-                    owner = owners.pop(gone, None)
-                    if owner is not None and ssrc_of.get(owner) == gone:
-                        del ssrc_of[owner]
-                if user is not None:
-                    if retired.get(ssrc) == user:
-                        report("stale_ssrc", f"frame of {user}'s old SSRC {ssrc}", ssrc, user)
-                        return None
-                    previous = ssrc_of.get(user)
-                    if previous is not None and previous != ssrc:
-                        # A new SSRC for the user (reconnect): a fresh decoder.
-                        # The old one is freed when no drain uses it any more;
-                        # its late frames are dropped, not decoded afresh.
-                        decoders.pop(previous, None)
-                        retired[previous] = user
-                        while len(retired) > MAX_RETIRED:
-                            del retired[next(iter(retired))]
-                    retired.pop(ssrc, None)  # an SSRC handed to someone else
-                    ssrc_of[user] = ssrc
-                    owners[ssrc] = user
                 state = decoders.get(ssrc)
                 if state is None:
                     state = decoders[ssrc] = SsrcDecoder(
@@ -202,8 +179,7 @@ def decode_opus_(
             def decode_now(frame: AudioFrame) -> None:
                 # Synchronous mode: called with the lock held.
                 try:
-                    state = decoder_for(frame)
-                    chunks = state.feed(frame) if state is not None else []
+                    chunks = decoder_for(frame).feed(frame)
                 except Exception as error:  # a diagnostic callback raised
                     fail(error)
                     return
@@ -220,13 +196,7 @@ def decode_opus_(
                             finish_if_idle()
                             return
                         frame = queue.popleft()
-                        try:
-                            state = decoder_for(frame)
-                        except Exception as error:  # a diagnostic callback raised
-                            fail(error)
-                            continue
-                        if state is None:
-                            continue
+                        state = decoder_for(frame)
                     try:
                         chunks = state.feed(frame)  # off the lock: users decode in parallel
                     except Exception as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
@@ -56,6 +57,11 @@ def decrypt_(
     clock: Callable[[], float] | None,
 ) -> Callable[[Observable[bytes]], Observable[AudioFrame]]:
     fixed = isinstance(keys, TransportCipher | RtpCrypto)
+    if clock is None and not fixed:
+        # A Connection's DaveManager measures its transition windows on the
+        # event loop's clock (time.monotonic for asyncio's loops), whatever
+        # scheduler this pipeline runs on: RxPY's own report the wall clock.
+        clock = time.monotonic
 
     def operator(source: Observable[bytes]) -> Observable[AudioFrame]:
         def subscribe(

@@ -443,10 +443,10 @@ def classify(datagram: bytes) -> DatagramKind:
         return DatagramKind.IP_DISCOVERY
     if n == KEEPALIVE_SIZE:
         # An 8-byte RTCP packet (an empty receiver report, a BYE) says so in
-        # its length field (1 word after the first); a keepalive counter's
-        # high bytes are 0 there for its first 2**16 beats.
+        # its length field (1 word after the first) and carries an SSRC; a
+        # keepalive is a u32 counter then four zero bytes.
         rtcp = datagram[0] >> 6 == RTP_VERSION and 200 <= datagram[1] <= 206
-        if not (rtcp and datagram[2:4] == b"\x00\x01"):
+        if not (rtcp and datagram[2:4] == b"\x00\x01" and any(datagram[4:8])):
             return DatagramKind.KEEPALIVE
     if n >= 2 and datagram[0] >> 6 == RTP_VERSION:
         if 200 <= datagram[1] <= 206:

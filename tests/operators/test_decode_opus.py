@@ -109,12 +109,13 @@ def test_stragglers_of_an_old_ssrc_do_not_restart_the_decoders():
     speakers = {**DEFAULT_SPEAKERS, "A": ToneSpeaker("1001", 11, 440.0)}
     stats: Counter[str] = Counter()
     with voice_marbles(speakers=speakers) as m:
-        # 3 (old SSRC) arrives after the switch: dropped; the new SSRC's
-        # decoder keeps its state, so the loss of A3 is concealed.
-        source = m.hot("-1-2-A1-3-A2-A4-|")
+        # 3 (old SSRC) arrives after the switch: its own decoder carries on
+        # (no loss before it), and the new SSRC's decoder keeps its state, so
+        # the loss of A3 is concealed; later frames of both keep decoding.
+        source = m.hot("-1-2-A1-3-A2-A4-4-A5-|")
         result = m.start(source.pipe(vops.decode_opus(stats=stats)))
-        assert result == m.exp("-p1-p2-Ap1---Ap2-(Af3,Ap4)-|")
-    assert stats == {"stale_ssrc": 1}
+        assert result == m.exp("-p1-p2-Ap1-p3-Ap2-(Af3,Ap4)-p4-Ap5-|")
+    assert stats == {}
 
 
 def test_a_raising_diagnostic_callback_errors_the_pipeline():

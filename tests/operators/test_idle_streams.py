@@ -24,3 +24,13 @@ def test_a_stream_back_after_the_quiet_period_is_reported_by_touch():
     assert idle.touch("a", 59.0) is False
     assert idle.touch("a", 119.5) is True
     assert idle.touch("a", 120.0) is False
+
+
+def test_a_clock_gone_far_back_does_not_stop_the_sweeps():
+    idle: IdleStreams[int] = IdleStreams(after=60.0)
+    idle.touch(1, 1e9)  # one far-future stamp (another clock merged in)
+    assert idle.expired(1e9) == []
+    idle.touch(2, 0.0)
+    idle.touch(3, 0.0)
+    idle.touch(3, 100.0)
+    assert idle.expired(100.0) == [2]  # swept although the next sweep was due at 1e9 + 60

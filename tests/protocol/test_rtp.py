@@ -360,10 +360,13 @@ def test_classify():
 
 
 def test_eight_byte_rtcp_is_not_a_keepalive():
-    assert classify(_rtcp(201, 8)) is DatagramKind.RTCP  # an empty receiver report
-    assert classify(_rtcp(203, 8)) is DatagramKind.RTCP  # a BYE of one SSRC
-    # A keepalive whose counter happens to start like an RTCP header.
-    assert classify(struct.pack("<Q", 0xC880)) is DatagramKind.KEEPALIVE
+    empty_rr = struct.pack(">BBHI", 0x80, 201, 1, 0x1234)
+    bye = struct.pack(">BBHI", 0x81, 203, 1, 0x1234)
+    assert classify(empty_rr) is DatagramKind.RTCP
+    assert classify(bye) is DatagramKind.RTCP
+    # Keepalives whose counter happens to start like an RTCP header.
+    assert classify(struct.pack("<II", 0xC880, 0)) is DatagramKind.KEEPALIVE
+    assert classify(struct.pack("<II", 0x0100C880, 0)) is DatagramKind.KEEPALIVE
 
 
 @pytest.mark.parametrize("packet_type", range(200, 207))
