@@ -74,12 +74,7 @@ from rxvoice.protocol.gateway import (
 from rxvoice.protocol.gateway import HeartbeatAck as HeartbeatAckMessage
 from rxvoice.protocol.jitter import JitterBuffer, JitterPacket, Release
 from rxvoice.protocol.rtp import OPUS_PAYLOAD_TYPE, SILENCE_FRAME, DatagramKind, classify
-from rxvoice.protocol.session import (
-    MIN_HEARTBEAT_INTERVAL,
-    VoiceServerInfo,
-    VoiceSession,
-    voice_url,
-)
+from rxvoice.protocol.session import VoiceServerInfo, VoiceSession, voice_url
 from rxvoice.protocol.ssrcmap import SsrcMap
 from rxvoice.secret import Secret
 from rxvoice.shard.base import Shard, VoiceServerUpdate, VoiceStateUpdate, VoiceUpdate
@@ -854,7 +849,7 @@ class Connection:
         now = asyncio.get_running_loop().time()
         match message:
             case Hello(heartbeat_interval=interval):
-                session.heartbeat_interval = max(interval / 1000.0, MIN_HEARTBEAT_INTERVAL)
+                session.heartbeat_interval = interval / 1000.0
                 self.web_socket.start_heartbeat(session.heartbeat_interval, self._beat)
             case HeartbeatAckMessage():
                 rtt = session.heartbeats.ack(message, now)

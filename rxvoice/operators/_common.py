@@ -153,7 +153,7 @@ class IdleStreams(Generic[_K]):
     def expired(self, now: float) -> list[_K]:
         """Return (and stop tracking) the streams quiet for more than ``after`` seconds."""
         if self._next_sweep - self._after <= now < self._next_sweep:
-            return []  # swept less than ``after`` ago (a clock that went back sweeps too)
+            return []  # swept less than ``after`` ago (a clock gone back sweeps too)
         self._next_sweep = now + self._after
         horizon = now - self._after
         gone = [key for key, seen in self._seen.items() if seen < horizon]

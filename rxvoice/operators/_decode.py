@@ -156,8 +156,9 @@ def decode_opus_(
                 # own, and late frames of the old one still decode with theirs.
                 # A decoder is freed a minute after its SSRC's last frame.
                 ssrc = frame.ssrc
-                returning = idle.touch(ssrc, frame.received_at)
-                for gone in idle.expired(frame.received_at) + ([ssrc] if returning else []):
+                if idle.touch(ssrc, frame.received_at):
+                    decoders.pop(ssrc, None)  # back after a quiet minute: start afresh
+                for gone in idle.expired(frame.received_at):
                     decoders.pop(gone, None)
                 state = decoders.get(ssrc)
                 if state is None:

@@ -64,6 +64,11 @@ def jitter_buffer_(
                             )
                         )
 
+            def forget(ssrc: int) -> None:
+                if (buffer := buffers.pop(ssrc, None)) is not None:
+                    emit(ssrc, buffer.flush())
+                users.pop(ssrc, None)
+
             def arm(at: float) -> None:
                 # One timer for all SSRCs, at the earliest deadline.
                 nonlocal timer_due
@@ -93,11 +98,10 @@ def jitter_buffer_(
                         return
                     at = now()
                     ssrc = frame.ssrc
-                    returning = idle.touch(ssrc, at)
-                    for gone in idle.expired(at) + ([ssrc] if returning else []):
-                        if (buffer := buffers.pop(gone, None)) is not None:
-                            emit(gone, buffer.flush())
-                        users.pop(gone, None)
+                    if idle.touch(ssrc, at):
+                        forget(ssrc)  # back after a quiet minute: start afresh
+                    for gone in idle.expired(at):
+                        forget(gone)
                     if frame.user_id is not None:
                         users[ssrc] = frame.user_id
                     buffer = buffers.get(ssrc)

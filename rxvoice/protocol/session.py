@@ -43,11 +43,6 @@ def voice_url(endpoint: str, *, version: int = 8, secure: bool = True) -> str:
     return f"{'wss' if secure else 'ws'}://{host}/?v={version}"
 
 
-MIN_HEARTBEAT_INTERVAL = 0.05
-"""Seconds: the shortest heartbeat interval honoured. A server asking for less
-(or a corrupted Hello) must not make the client heartbeat in a tight loop."""
-
-
 @dataclass(frozen=True, slots=True)
 class VoiceServerInfo:
     """What the main gateway tells us about a voice session.

@@ -17,16 +17,12 @@ import ssl as ssl_module
 from typing import Any
 
 from reactivex import Observable
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
-from rxvoice.errors import ConnectionClosed as RxConnectionClosed
-from rxvoice.errors import MalformedMessage, UsageError
-from rxvoice.protocol.session import MIN_HEARTBEAT_INTERVAL
+from rxvoice.errors import ConnectionClosed, MalformedMessage, UsageError
 from rxvoice.secret import Secret
 from rxvoice.shard.base import VoiceServerUpdate, VoiceStateUpdate, VoiceUpdate
 from rxvoice.streams import EventStream
-from rxvoice.transport.websocket import FRAMES_LOGGER
+from rxvoice.transport.websocket import WebSocketTransport
 
 __all__ = ["GatewayShard"]
 
@@ -68,9 +64,8 @@ class GatewayShard:
         self.intents = intents
         self._user_id: str | None = None
         self._seq: int | None = None
-        self._ws: ClientConnection | None = None
+        self._ws = WebSocketTransport(name="rxvoice-shard")
         self._task: asyncio.Task[None] | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._voice_updates: EventStream[VoiceUpdate] = EventStream()
 
@@ -135,13 +130,10 @@ class GatewayShard:
         self._voice_updates.on_completed()
 
     async def _send(self, payload: dict[str, Any]) -> None:
-        ws = self._ws
-        if ws is None:
+        if not self._ws.is_open:
             raise UsageError("shard is not connected")
-        try:
-            await ws.send(json.dumps(payload))
-        except ConnectionClosed as exc:
-            raise UsageError("shard connection closed") from exc
+        if not await self._ws.send(json.dumps(payload)):
+            raise UsageError("shard connection closed")
 
     async def _run(self) -> None:
         backoff = 0.5
@@ -149,7 +141,7 @@ class GatewayShard:
             while True:
                 code = await self._session()
                 if code in _FINAL_CLOSE_CODES:
-                    error = RxConnectionClosed(code, "the gateway refused this bot")
+                    error = ConnectionClosed(code, "the gateway refused this bot")
                     if self._ready is not None and not self._ready.done():
                         self._ready.set_exception(error)
                     logger.error("gateway closed with %s; not reconnecting", code)
@@ -158,38 +150,28 @@ class GatewayShard:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         finally:
-            self._stop_heartbeat()
+            self._ws.abort()
 
     async def _session(self) -> int | None:
-        kwargs: dict[str, Any] = {
-            "max_size": 1 << 24,
-            "ping_interval": None,
-            "logger": FRAMES_LOGGER,
-        }
-        if self.url.startswith("wss://"):
-            kwargs["ssl"] = self._ssl or ssl_module.create_default_context()
+        ws = self._ws
         try:
-            ws = await connect(self.url, **kwargs)
+            # READY and GUILD_CREATE can be large: a bigger limit than voice's.
+            await ws.connect(self.url, ssl=self._ssl, max_size=1 << 24)
         except OSError as exc:
             logger.warning("gateway connection failed: %s", exc)
             return None
-        self._ws = ws
         try:
-            async for frame in ws:
+            async for frame in ws.frames():
                 try:
                     await self._handle(json.loads(frame))
                 except (ValueError, MalformedMessage, KeyError, TypeError) as exc:
                     logger.warning("malformed gateway message ignored: %s", exc)
                 except UsageError:
                     break  # our reply could not be sent: the connection is closing
-        except ConnectionClosed:
-            pass
         finally:
-            self._stop_heartbeat()
-            self._ws = None
-            ws.transport.abort()  # closed or cancelled: release the socket either way
-        received = ws.protocol.close_rcvd
-        return received.code if received is not None else None
+            code = ws.close_code
+            ws.abort()  # closed or cancelled: release the socket either way
+        return code
 
     async def _handle(self, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -197,8 +179,7 @@ class GatewayShard:
         if message.get("s") is not None:
             self._seq = message["s"]
         if op == 10:
-            interval = max(float(d["heartbeat_interval"]) / 1000.0, MIN_HEARTBEAT_INTERVAL)
-            self._start_heartbeat(interval)
+            self._ws.start_heartbeat(float(d["heartbeat_interval"]) / 1000.0, self._beat)
             await self._send(
                 {
                     "op": 2,
@@ -210,8 +191,8 @@ class GatewayShard:
                 }
             )
         elif op == 1:
-            await self._send({"op": 1, "d": self._seq})
-        elif op in (7, 9) and self._ws is not None:
+            await self._send(self._heartbeat())
+        elif op in (7, 9):
             # Reconnect / invalid session: start over with a fresh Identify.
             await self._ws.close(4000)
         elif op == 0:
@@ -225,17 +206,8 @@ class GatewayShard:
             elif kind == "VOICE_SERVER_UPDATE":
                 self._voice_updates.on_next(VoiceServerUpdate.parse(d))
 
-    def _start_heartbeat(self, interval: float) -> None:
-        self._stop_heartbeat()
-        self._heartbeat = asyncio.get_running_loop().create_task(self._beat(interval))
+    def _heartbeat(self) -> dict[str, Any]:
+        return {"op": 1, "d": self._seq}
 
-    def _stop_heartbeat(self) -> None:
-        task, self._heartbeat = self._heartbeat, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-
-    async def _beat(self, interval: float) -> None:
-        while self._ws is not None:
-            with contextlib.suppress(ConnectionClosed, UsageError):
-                await self._send({"op": 1, "d": self._seq})
-            await asyncio.sleep(interval)
+    def _beat(self) -> str:
+        return json.dumps(self._heartbeat())

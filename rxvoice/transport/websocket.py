@@ -17,7 +17,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from rxvoice.errors import UsageError
 
-__all__ = ["FRAMES_LOGGER", "WebSocketTransport"]
+__all__ = ["FRAMES_LOGGER", "MIN_HEARTBEAT_INTERVAL", "WebSocketTransport"]
+
+MIN_HEARTBEAT_INTERVAL = 0.05
+"""Seconds: the shortest heartbeat interval honoured."""
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +37,13 @@ class WebSocketTransport:
 
     After :meth:`frames` ends, :attr:`close_code` holds the code the server
     closed with, or ``None`` when the connection dropped without a close frame.
+
+    Args:
+        name: Names the heartbeat task (``<name>-heartbeat``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, name: str = "rxvoice") -> None:
+        self._name = name  # prefixes the heartbeat task's name
         self._ws: ClientConnection | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self.close_code: int | None = None
@@ -49,7 +56,12 @@ class WebSocketTransport:
         return self._ws is not None
 
     async def connect(
-        self, url: str, *, ssl: ssl_module.SSLContext | None = None, timeout: float = 10.0
+        self,
+        url: str,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        timeout: float = 10.0,
+        max_size: int = 1 << 20,
     ) -> None:
         """Open the WebSocket.
 
@@ -57,6 +69,7 @@ class WebSocketTransport:
             url: ``wss://host:port/?v=8`` (``ws://`` for plain loopback servers).
             ssl: The TLS context; ``None`` uses the system's trust store for ``wss``.
             timeout: Seconds allowed for the TCP, TLS and HTTP handshakes.
+            max_size: The largest message accepted, in bytes.
 
         Raises:
             UsageError: If a WebSocket is already open.
@@ -67,9 +80,9 @@ class WebSocketTransport:
         self.close_code, self.close_reason, self.url = None, "", url
         kwargs: dict[str, object] = {
             "open_timeout": timeout,
-            "max_size": 1 << 20,
+            "max_size": max_size,
             "compression": None,
-            # Heartbeating is the voice protocol's job (op 3), not WebSocket pings'.
+            # Heartbeating is the gateway protocol's job (op 3 / op 1), not WebSocket pings'.
             "ping_interval": None,
             "logger": FRAMES_LOGGER,
         }
@@ -97,27 +110,36 @@ class WebSocketTransport:
                 self.close_reason = received.reason if received is not None else ""
                 self._release()
 
-    async def send(self, frame: Frame) -> None:
-        """Send one frame; a connection that is closing drops it silently.
+    async def send(self, frame: Frame) -> bool:
+        """Send one frame; a connection that is closing drops it.
+
+        Returns:
+            Whether it was sent (``False``: the connection was closing).
 
         Raises:
             UsageError: If no WebSocket is open.
         """
         ws = self._ws
         if ws is None:
-            raise UsageError("voice WebSocket is not open")
-        with contextlib.suppress(ConnectionClosed):
+            raise UsageError("WebSocket is not open")
+        try:
             await ws.send(frame)
+        except ConnectionClosed:
+            return False
+        return True
 
     def start_heartbeat(self, interval: float, beat: Callable[[], Frame | None]) -> None:
         """Call ``beat`` every ``interval`` seconds and send what it returns.
 
         ``beat`` returns ``None`` to send nothing this time (it may close the
-        connection itself, e.g. after missed ACKs).
+        connection itself, e.g. after missed ACKs). An interval below
+        :data:`MIN_HEARTBEAT_INTERVAL` (a server's mistake) is raised to it, so
+        a bad Hello cannot make the client beat in a tight loop.
         """
         self.stop_heartbeat()
+        interval = max(interval, MIN_HEARTBEAT_INTERVAL)
         self._heartbeat = asyncio.get_running_loop().create_task(
-            self._heartbeat_loop(interval, beat), name="rxvoice-heartbeat"
+            self._heartbeat_loop(interval, beat), name=f"{self._name}-heartbeat"
         )
 
     def stop_heartbeat(self) -> None:

@@ -233,6 +233,7 @@ class MainGateway:
 
     def _handle(self, conn: _GatewayConn, op: int, d: Any) -> None:
         if op == 1:
+            self._counters["gateway_heartbeats"] += 1
             self._send(conn, {"op": 11, "d": None})
         elif op == 2:
             self._identify(conn, d)
