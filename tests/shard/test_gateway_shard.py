@@ -1,13 +1,18 @@
-"""GatewayShard against the sandbox's main gateway: identify, heartbeats, op 4, close."""
+"""GatewayShard against the sandbox's main gateway: identify, resume, zombies, close codes."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from rxvoice.errors import ConnectionClosed, UsageError
-from rxvoice.shard import GatewayShard, VoiceServerUpdate, VoiceStateUpdate
+from rxvoice.errors import ConnectionClosed, GatewayClosed, UsageError
+from rxvoice.shard import GatewayShard, VoiceServerUpdate, VoiceStateUpdate, VoiceUpdate
+from rxvoice.shard.backoff import Backoff
+from rxvoice.shard.gateway import FATAL_CLOSE_CODES
 from rxvoice.testing.sandbox import Sandbox
 from tests.integration.helpers import Recorder, count
+from tests.shard.test_frames import MALFORMED
 
 
 async def test_identify_heartbeat_voice_dispatches_and_close() -> None:
@@ -40,4 +45,184 @@ async def test_a_refused_token_is_final() -> None:
         with pytest.raises(ConnectionClosed) as refused:
             await shard.start()
         assert refused.value.code == 4004
+        await shard.close()
+
+
+def _shard(sb: Sandbox, token: str | None = None) -> GatewayShard:
+    # Tiny, seeded delays: failed attempts in a row stay fast and reproducible.
+    backoff = Backoff(base=0.01, cap=0.05, rng=random.Random(0))
+    return GatewayShard(
+        token or sb.bot_token, url=sb.gateway_url, ssl=sb.client_ssl(), backoff=backoff
+    )
+
+
+async def _joined(sb: Sandbox, shard: GatewayShard) -> Recorder[VoiceUpdate]:
+    updates: Recorder[VoiceUpdate] = Recorder(shard.voice_updates)
+    await shard.update_voice_state(sb.guild_id, sb.channel_id)
+    await updates.wait_for(count(2))
+    return updates
+
+
+def _is_server_update(items: list[VoiceUpdate]) -> bool:
+    return isinstance(items[-1], VoiceServerUpdate)
+
+
+async def test_a_dropped_connection_resumes_and_gets_what_it_missed() -> None:
+    async with Sandbox(dave=False) as sb:
+        shard = _shard(sb)
+        await shard.start()
+        session = shard.session_id
+        updates = await _joined(sb, shard)
+        assert shard.user_id is not None
+        assert sb.main_gateway.drop(shard.user_id)  # TCP drop, no close frame
+        assert sb.server_update(shard.user_id)  # dispatched while the bot is away
+        await updates.wait_for(count(3))
+        assert _is_server_update(updates.items)
+        counters = sb.counters
+        assert counters["gateway_resumed"] == 1 and counters["gateway_replayed"] >= 1
+        assert counters["gateway_resume_url_connections"] == 1  # READY's resume_gateway_url
+        assert counters["gateway_identified"] == 1  # no new Identify
+        assert shard.session_id == session
+        assert (shard.stats.identifies, shard.stats.resumes, shard.stats.connections) == (1, 1, 2)
+        # Op 4 works on the resumed connection.
+        await shard.update_voice_state(sb.guild_id, None)
+        await updates.wait_for(
+            lambda items: isinstance(items[-1], VoiceStateUpdate) and items[-1].channel_id is None
+        )
+        await shard.close()
+
+
+@pytest.mark.parametrize("frame", ['{"op":7,"d":null}', '{"op":9,"d":true}'])
+async def test_reconnect_and_resumable_invalid_session_resume(frame: str) -> None:
+    async with Sandbox(dave=False) as sb:
+        shard = _shard(sb)
+        await shard.start()
+        assert shard.user_id is not None
+        assert sb.main_gateway.send_raw(shard.user_id, frame)
+        await sb.wait_for(lambda: sb.counters.get("gateway_resumed") == 1)
+        assert sb.counters["gateway_identified"] == 1
+        assert sb.counters.get("gateway_closed_1000", 0) == 0  # the shard did not end its session
+        await _joined(sb, shard)
+        await shard.close()
+
+
+async def test_an_invalid_session_identifies_anew() -> None:
+    async with Sandbox(dave=False) as sb:
+        shard = _shard(sb)
+        await shard.start()
+        first = shard.session_id
+        assert shard.user_id is not None
+        assert sb.main_gateway.send_raw(shard.user_id, '{"op":9,"d":false}')
+        await sb.wait_for(lambda: sb.counters.get("gateway_identified") == 2)
+        await _joined(sb, shard)  # online again, under the new session
+        assert shard.session_id not in (None, first)
+        assert shard.stats.invalid_sessions == 1 and shard.stats.resumes == 0
+        await shard.close()
+
+
+async def test_a_zombie_connection_is_closed_and_resumed() -> None:
+    # A short Hello interval instead of sleeping: the withheld ACK shows at the next beat.
+    async with Sandbox(dave=False, gateway_heartbeat_interval=100.0) as sb:
+        shard = _shard(sb)
+        await shard.start()
+        await sb.wait_for(lambda: sb.counters.get("gateway_heartbeats", 0) >= 1)
+        sb.main_gateway.withhold_heartbeat_acks(1)
+        await sb.wait_for(lambda: sb.counters.get("gateway_resumed", 0) >= 1)
+        assert shard.stats.zombies >= 1
+        assert sb.counters["gateway_acks_withheld"] == 1
+        assert sb.counters["gateway_identified"] == 1
+        await _joined(sb, shard)
+        await shard.close()
+
+
+async def test_a_session_ending_close_code_identifies_anew() -> None:
+    async with Sandbox(dave=False) as sb:
+        shard = _shard(sb)
+        await shard.start()
+        assert shard.user_id is not None
+        assert sb.main_gateway.drop(shard.user_id, 4009)  # session timed out
+        await sb.wait_for(lambda: sb.counters.get("gateway_identified") == 2)
+        await _joined(sb, shard)
+        assert shard.stats.resumes == 0
+        await shard.close()
+
+
+async def test_a_failed_resume_falls_back_to_identify() -> None:
+    async with Sandbox(dave=False) as sb:
+        shard = _shard(sb)
+        await shard.start()
+        assert shard.user_id is not None
+        # The gateway forgets the session while the shard thinks it can resume (4000).
+        assert sb.main_gateway.expire_sessions() == 1
+        assert sb.main_gateway.drop(shard.user_id, 4000)
+        await sb.wait_for(lambda: sb.counters.get("gateway_identified") == 2)
+        assert sb.counters["gateway_invalid_sessions"] == 1
+        assert shard.stats.resumes == 1 and shard.stats.invalid_sessions == 1
+        await _joined(sb, shard)
+        await shard.close()
+
+
+@pytest.mark.parametrize("code", sorted(FATAL_CLOSE_CODES))
+async def test_fatal_close_codes_end_the_shard_with_a_clear_error(code: int) -> None:
+    async with Sandbox(dave=False) as sb:
+        shard = _shard(sb)
+        await shard.start()
+        assert shard.user_id is not None
+        assert sb.main_gateway.drop(shard.user_id, code)
+        with pytest.raises(GatewayClosed) as ended:
+            await shard.wait_closed()
+        assert ended.value.code == code
+        assert "main gateway closed" in str(ended.value)
+        assert shard.error is ended.value and not shard.is_online
+        with pytest.raises(UsageError):
+            await shard.update_voice_state(sb.guild_id, sb.channel_id)
+        assert sb.counters["gateway_identified"] == 1  # no retry
+        await shard.close()
+
+
+async def test_malformed_frames_from_the_gateway_are_survived() -> None:
+    async with Sandbox(dave=False) as sb:
+        shard = _shard(sb)
+        await shard.start()
+        assert shard.user_id is not None
+        for frame in MALFORMED:
+            assert sb.main_gateway.send_raw(shard.user_id, frame)
+        assert sb.main_gateway.send_raw(shard.user_id, '{"op": 42, "d": null}')
+        # Frames arrive in order: once op 4 is answered, all of the above were handled.
+        await _joined(sb, shard)
+        assert shard.stats.malformed_frames == len(MALFORMED)
+        assert shard.stats.unknown_opcodes == 1
+        assert shard.stats.connections == 1  # never dropped
+        await shard.close()  # clean: nothing re-raised
+
+
+class RecordingBackoff(Backoff):
+    def __init__(self) -> None:
+        super().__init__(base=0.01, cap=0.05, rng=random.Random(0))
+        self.delays: list[float] = []
+
+    def next_delay(self) -> float:
+        delay = super().next_delay()
+        self.delays.append(delay)
+        return delay
+
+
+async def test_backoff_only_after_a_failed_attempt_and_reset_by_success() -> None:
+    async with Sandbox(dave=False) as sb:
+        backoff = RecordingBackoff()
+        shard = GatewayShard(sb.bot_token, url=sb.gateway_url, ssl=sb.client_ssl(), backoff=backoff)
+        await shard.start()
+        assert shard.user_id is not None
+        # A drop after a good connection: back at once, no delay drawn.
+        assert sb.main_gateway.drop(shard.user_id)
+        await sb.wait_for(lambda: sb.counters.get("gateway_resumed") == 1)
+        assert backoff.delays == []
+        # A refused resume is a failed attempt: one delay, within the first bound; the
+        # Identify that follows succeeds and resets the count.
+        sb.main_gateway.expire_sessions()
+        assert sb.main_gateway.drop(shard.user_id)
+        await sb.wait_for(lambda: sb.counters.get("gateway_identified") == 2)
+        await _joined(sb, shard)
+        assert len(backoff.delays) == 1 and 0.0 <= backoff.delays[0] <= backoff.base
+        assert backoff.attempts == 0
         await shard.close()
