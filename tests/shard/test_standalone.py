@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -114,3 +117,25 @@ def test_connect_is_exported_lazily() -> None:
 
     assert rxvoice.connect is standalone.connect
     assert "connect" in rxvoice.__all__
+
+
+def _example() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "examples" / "standalone.py"
+    spec = importlib.util.spec_from_file_location("standalone_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_example_runs_against_its_own_sandbox(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = _example()
+    assert await example.main(["--sandbox", "--seconds", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("in the call: ") == 2 and "connected as " in out
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as usage:
+        await example.main(["--guild", "1", "--channel", "2"])
+    assert usage.value.code == 2
