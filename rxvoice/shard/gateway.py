@@ -260,7 +260,6 @@ class GatewayShard:
         try:
             while not self._closed:
                 code = await self._connection()
-                self._online.clear()
                 if self._closed:
                     return
                 if code in FATAL_CLOSE_CODES:
@@ -310,6 +309,7 @@ class GatewayShard:
                     ws.abort(_RESUMABLE_CLOSE)
             return None if self._drop else ws.close_code
         finally:
+            self._online.clear()
             ws.abort()  # closed or cancelled: release the socket either way
 
     # -- frames --------------------------------------------------------------------------
@@ -455,6 +455,7 @@ class GatewayShard:
             # No ACK since the last heartbeat: a zombie connection. Close it and resume.
             self.stats.zombies += 1
             logger.warning("no heartbeat ACK from the gateway; reconnecting")
+            self._online.clear()
             self._ws.abort(_RESUMABLE_CLOSE)
             return None
         self._acked = False
