@@ -3,6 +3,8 @@
 Example:
     >>> from rxvoice import Connection, GatewayShard          # doctest: +SKIP
     >>> from rxvoice import operators as vops                 # doctest: +SKIP
+    >>> async with rxvoice.connect(token=TOKEN, guild_id=G, channel_id=C) as conn:  # doctest: +SKIP
+    ...     conn.on_audio_frame.subscribe(print)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from rxvoice.secret import Secret
 if TYPE_CHECKING:
     from rxvoice.connection import Connection, ConnectionStats
     from rxvoice.shard import GatewayShard, Shard
+    from rxvoice.standalone import connect
 
 __version__ = "0.1.0"
 
@@ -41,6 +44,7 @@ _LAZY = {
     "ConnectionStats": "rxvoice.connection",
     "GatewayShard": "rxvoice.shard",
     "Shard": "rxvoice.shard",
+    "connect": "rxvoice.standalone",
 }
 
 __getattr__ = lazy_getattr(__name__, _LAZY)
@@ -66,5 +70,6 @@ __all__ = [
     "SpeakingFlags",
     "VoiceActivityChange",
     "__version__",
+    "connect",
     "errors",
 ]

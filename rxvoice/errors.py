@@ -13,7 +13,8 @@ caller used the API wrongly"::
     ├── UsageError               the caller misused the API (wrong state, bad argument)
     │   └── ReconnectInProgress  a reconnect was requested while one is running
     ├── ConnectionClosed         the voice connection ended for good
-    │   └── DaveRequired         closed with 4017: the channel requires DAVE
+    │   ├── DaveRequired         closed with 4017: the channel requires DAVE
+    │   └── GatewayClosed        the main gateway refused the bot (4004, 4010-4014)
     └── OpusUnavailable          libopus is not installed
 
 Parsers raise only :class:`ProtocolError` subclasses on untrusted input; nothing
@@ -27,6 +28,7 @@ __all__ = [
     "DaveError",
     "DaveRequired",
     "DecryptionError",
+    "GatewayClosed",
     "MalformedMessage",
     "MalformedPacket",
     "OpusUnavailable",
@@ -90,6 +92,19 @@ class DaveRequired(ConnectionClosed):
     supports DAVE; this error means the connection identified without it (for
     example ``max_dave_protocol_version=0`` was configured).
     """
+
+
+class GatewayClosed(ConnectionClosed):
+    """The main gateway closed with a code after which reconnecting cannot help.
+
+    4004 (authentication failed: a wrong or reset token), 4010 (invalid shard),
+    4011 (sharding required), 4012 (invalid API version), 4013 (invalid
+    intents), 4014 (disallowed intents: enable them in the Developer Portal).
+    """
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(code, reason)
+        self.args = (f"main gateway closed ({code}): {reason}",)
 
 
 class OpusUnavailable(RxVoiceError):

@@ -77,6 +77,7 @@ __all__ = [
     "parse_text",
     "parse_binary",
     "serialize",
+    "check_snowflake",
 ]
 
 #: Frames longer than this (bytes, or characters for ``str``) are refused. Real
@@ -203,9 +204,21 @@ def _ip(d: dict[str, object], key: str, cls: type) -> str:
     return value
 
 
-def _check_snowflake(value: object, what: str) -> str:
-    # Discord sends snowflakes as decimal strings of a u64; checking here means
-    # later int() conversions (DAVE needs the numeric user id) cannot fail.
+def check_snowflake(value: object, what: str) -> str:
+    """Return ``value`` if it is a Discord snowflake: a decimal u64 string, one spelling.
+
+    Both gateways (voice, and the main gateway's voice dispatches) check ids
+    with this one function.
+
+    Args:
+        value: The field's value.
+        what: The field's name for the error (the value is never shown).
+
+    Raises:
+        MalformedMessage: If ``value`` is not such a string.
+    """
+    # Checking here means later int() conversions (DAVE needs the numeric
+    # user id) cannot fail, and ids compare as strings.
     if (
         not isinstance(value, str)
         or not 0 < len(value) <= 20
@@ -218,12 +231,12 @@ def _check_snowflake(value: object, what: str) -> str:
 
 
 def _snowflake(d: dict[str, object], key: str, cls: type) -> str:
-    return _check_snowflake(_get(d, key, cls), f"{cls.__name__}.{key}")
+    return check_snowflake(_get(d, key, cls), f"{cls.__name__}.{key}")
 
 
 def _opt_snowflake(d: dict[str, object], key: str, cls: type) -> str | None:
     value = d.get(key)
-    return None if value is None else _check_snowflake(value, f"{cls.__name__}.{key}")
+    return None if value is None else check_snowflake(value, f"{cls.__name__}.{key}")
 
 
 def _check_number(value: object, what: str, *, positive: bool) -> float:
@@ -605,7 +618,7 @@ class ClientsConnect(_JsonMessage):
     @classmethod
     def _from_d(cls, d: object) -> ClientsConnect:
         ids = _list(_object(d, cls), "user_ids", cls)
-        return cls(user_ids=tuple(_check_snowflake(i, "ClientsConnect.user_ids[]") for i in ids))
+        return cls(user_ids=tuple(check_snowflake(i, "ClientsConnect.user_ids[]") for i in ids))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 from reactivex import Observable
 
 from rxvoice.errors import MalformedMessage
+from rxvoice.protocol.gateway import check_snowflake
 from rxvoice.secret import Secret
 
 __all__ = ["Shard", "VoiceServerUpdate", "VoiceStateUpdate", "VoiceUpdate"]
@@ -17,9 +18,7 @@ def _snowflake(d: dict[str, Any], key: str, *, optional: bool = False) -> str | 
     value = d.get(key)
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise MalformedMessage(f"{key} must be a snowflake")
-    return str(value)
+    return check_snowflake(value, key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,18 +128,31 @@ class WebSocketTransport:
             return False
         return True
 
-    def start_heartbeat(self, interval: float, beat: Callable[[], Frame | None]) -> None:
+    def start_heartbeat(
+        self,
+        interval: float,
+        beat: Callable[[], Frame | None],
+        *,
+        first_delay: float | None = None,
+    ) -> None:
         """Call ``beat`` every ``interval`` seconds and send what it returns.
 
         ``beat`` returns ``None`` to send nothing this time (it may close the
         connection itself, e.g. after missed ACKs). An interval below
         :data:`MIN_HEARTBEAT_INTERVAL` (a server's mistake) is raised to it, so
         a bad Hello cannot make the client beat in a tight loop.
+
+        Args:
+            interval: Seconds between beats.
+            beat: Makes each heartbeat frame.
+            first_delay: Seconds before the first beat (the main gateway wants
+                ``interval * random()``); ``interval`` by default.
         """
         self.stop_heartbeat()
         interval = max(interval, MIN_HEARTBEAT_INTERVAL)
+        first = interval if first_delay is None else min(max(first_delay, 0.0), interval)
         self._heartbeat = asyncio.get_running_loop().create_task(
-            self._heartbeat_loop(interval, beat), name=f"{self._name}-heartbeat"
+            self._heartbeat_loop(interval, first, beat), name=f"{self._name}-heartbeat"
         )
 
     def stop_heartbeat(self) -> None:
@@ -184,10 +197,14 @@ class WebSocketTransport:
         self.stop_heartbeat()
         self._ws = None
 
-    async def _heartbeat_loop(self, interval: float, beat: Callable[[], Frame | None]) -> None:
+    async def _heartbeat_loop(
+        self, interval: float, first: float, beat: Callable[[], Frame | None]
+    ) -> None:
         me = asyncio.current_task()
+        delay = first
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
+            delay = interval
             if self._heartbeat is not me or self._ws is None:
                 return  # stopped (possibly from inside beat()) or the socket is gone
             frame = beat()

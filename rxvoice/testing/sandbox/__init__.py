@@ -343,6 +343,11 @@ class Sandbox:
         return self._gateway
 
     @property
+    def main_gateway(self) -> MainGateway:
+        """The main-gateway stub, for its knobs (``drop``, ``send_raw``, ...)."""
+        return self._main
+
+    @property
     def bot_token(self) -> str:
         """The default bot's token for the main gateway."""
         return self._bot_token

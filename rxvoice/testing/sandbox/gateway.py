@@ -3,17 +3,24 @@
 It speaks the part of the gateway that a voice bot needs (protocol.md §2, §7.1):
 
 - op 10 Hello, op 2 Identify (the bot token is checked; 4004 otherwise), the
-  ``READY`` dispatch (``user.id``, ``session_id``) and a small ``GUILD_CREATE``
-  for the sandbox guild, op 1 Heartbeat → op 11 ACK;
+  ``READY`` dispatch (``user.id``, ``session_id``, ``resume_gateway_url``) and
+  a small ``GUILD_CREATE`` for the sandbox guild, op 1 Heartbeat → op 11 ACK;
+- sessions that outlive their connection: a drop, or a client close with any
+  code but 1000/1001, keeps the session (dispatches are buffered); op 6 Resume
+  with its ``session_id`` and ``seq`` replays what was missed and ends with
+  ``RESUMED``; an unknown session gets op 9 ``d: false``; a ``seq`` the buffer
+  cannot cover gets 4007;
 - op 4 Update Voice State → ``VOICE_STATE_UPDATE`` then ``VOICE_SERVER_UPDATE``
   (a fresh voice token, ``endpoint`` = ``host:port`` without a scheme);
   ``channel_id: null`` → ``VOICE_STATE_UPDATE`` with a null channel and the
   voice session ends;
 - triggers for what Discord does on its own: a move (new token), a null
   endpoint, a fresh server update, a kick;
-- other users' voice states (the simulated speakers) as ``VOICE_STATE_UPDATE``.
+- other users' voice states (the simulated speakers) as ``VOICE_STATE_UPDATE``;
+- knobs for clients' tests: drop a bot's connection (:meth:`MainGateway.drop`),
+  withhold heartbeat ACKs, send any raw frame (op 7, op 9, garbage).
 
-Dispatches carry ``s`` (a per-connection sequence number) and ``t``.
+Dispatches carry ``s`` (a per-session sequence number) and ``t``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,15 @@ _DECODE_ERROR = 4002
 _NOT_AUTHENTICATED = 4003
 _AUTHENTICATION_FAILED = 4004
 _ALREADY_AUTHENTICATED = 4005
+_INVALID_SEQ = 4007
+
+# Closes after which the session can be resumed (Discord's table); other codes end it.
+_RESUMABLE_CLOSES = frozenset({4000, _DECODE_ERROR, 4008})
+# A client closing with these ends its session (the bot goes offline).
+_SESSION_ENDING_CLOSES = frozenset({1000, 1001})
+
+# Dispatches kept per session for op 6 Resume.
+_REPLAY_LIMIT = 1000
 
 # Client ops accepted and ignored: presence update, request guild members.
 _IGNORED_OPS = frozenset({3, 8})
@@ -76,6 +92,10 @@ class _GatewayConn:
     session_id: str = ""
     seq: int = 0
     closing: bool = False
+    # (seq, frame) of the latest dispatches, for op 6 Resume.
+    sent: collections.deque[tuple[int, str]] = field(
+        default_factory=lambda: collections.deque(maxlen=_REPLAY_LIMIT)
+    )
 
 
 class MainGateway:
@@ -85,7 +105,8 @@ class MainGateway:
         voice: The voice gateway (voice tokens and sessions live there).
         voice_endpoint: ``host:port`` of the voice gateway, as sent in
             ``VOICE_SERVER_UPDATE``.
-        gateway_url: Sent as ``resume_gateway_url``.
+        gateway_url: The gateway's URL; ``resume_gateway_url`` is the same
+            server, path ``/resume`` without a query, as Discord gives a bare URL.
         heartbeat_interval: Sent in Hello, in milliseconds.
         counters: Shared event counters.
         on_change: Called after every state change.
@@ -104,11 +125,16 @@ class MainGateway:
         self._voice = voice
         self.voice_endpoint = voice_endpoint
         self.gateway_url = gateway_url
+        parts = urlsplit(gateway_url)
+        self.resume_gateway_url = f"{parts.scheme}://{parts.netloc}/resume"
         self.heartbeat_interval = heartbeat_interval
         self._counters = counters
         self._on_change = on_change
         self.bots: dict[str, Bot] = {}  # by token
         self._conns: dict[str, _GatewayConn] = {}  # latest identified connection per bot id
+        # Sessions that can be resumed, attached to a connection or not.
+        self._sessions: dict[str, _GatewayConn] = {}
+        self._withheld_acks = 0
         self._voice_channel: dict[str, str] = {}  # the gateway's idea of each bot's channel
         self._created = datetime.datetime.now(datetime.UTC).isoformat()
 
@@ -137,14 +163,27 @@ class MainGateway:
             conn.link.send(json.dumps(payload, separators=(",", ":")))
 
     def _dispatch(self, conn: _GatewayConn, event: str, data: object) -> None:
+        # A session without a connection still numbers and keeps its dispatches.
         conn.seq += 1
-        self._send(conn, {"op": 0, "t": event, "s": conn.seq, "d": data})
-
-    def _close(self, conn: _GatewayConn, code: int, reason: str) -> None:
+        frame = json.dumps({"op": 0, "t": event, "s": conn.seq, "d": data}, separators=(",", ":"))
+        conn.sent.append((conn.seq, frame))
         if not conn.closing:
-            self._counters[f"gateway_closed_{code}"] += 1
+            conn.link.send(frame)
+
+    def _close(self, conn: _GatewayConn, code: int | None, reason: str) -> None:
+        if not conn.closing:
+            self._counters[f"gateway_closed_{code}" if code is not None else "gateway_dropped"] += 1
             conn.link.close(code, reason)
             conn.closing = True
+            if code is not None and code not in _RESUMABLE_CLOSES:
+                self._end_session(conn)
+
+    def _end_session(self, conn: _GatewayConn) -> None:
+        if self._sessions.get(conn.session_id) is conn:
+            del self._sessions[conn.session_id]
+            self._counters["gateway_sessions_ended"] += 1
+        if conn.bot is not None and self._conns.get(conn.bot.user_id) is conn:
+            del self._conns[conn.bot.user_id]
 
     def _user_object(self, user_id: str, name: str, *, bot: bool) -> dict[str, Any]:
         return {
@@ -194,6 +233,8 @@ class MainGateway:
         """Run one gateway connection (the ``websockets`` handler)."""
         link = WebSocketLink(ws)
         conn = _GatewayConn(link)
+        if ws.request is not None and urlsplit(ws.request.path).path == "/resume":
+            self._counters["gateway_resume_url_connections"] += 1
         self._send(conn, {"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval}})
         try:
             async for frame in ws:
@@ -202,8 +243,9 @@ class MainGateway:
             pass
         finally:
             conn.closing = True
-            if conn.bot is not None and self._conns.get(conn.bot.user_id) is conn:
-                del self._conns[conn.bot.user_id]
+            received = ws.protocol.close_rcvd
+            if received is not None and received.code in _SESSION_ENDING_CLOSES:
+                self._end_session(conn)  # otherwise the session waits for op 6
             await link.finish()
             self._on_change()
 
@@ -234,15 +276,19 @@ class MainGateway:
     def _handle(self, conn: _GatewayConn, op: int, d: Any) -> None:
         if op == 1:
             self._counters["gateway_heartbeats"] += 1
-            self._send(conn, {"op": 11, "d": None})
+            if self._withheld_acks > 0:
+                self._withheld_acks -= 1
+                self._counters["gateway_acks_withheld"] += 1
+            else:
+                self._send(conn, {"op": 11, "d": None})
         elif op == 2:
             self._identify(conn, d)
+        elif op == 6:
+            self._resume(conn, d)
         elif conn.bot is None:
             self._close(conn, _NOT_AUTHENTICATED, "Not authenticated")
         elif op == 4:
             self._update_voice_state(conn, d)
-        elif op == 6:
-            self._send(conn, {"op": 9, "d": False})  # no gateway resume: identify again
         elif op in _IGNORED_OPS:
             pass
         else:
@@ -262,6 +308,7 @@ class MainGateway:
         conn.session_id = secrets.token_hex(16)
         # Several sessions per bot are allowed (shards); the newest gets the voice dispatches.
         self._conns[bot.user_id] = conn
+        self._sessions[conn.session_id] = conn
         self._counters["gateway_identified"] += 1
         guild_id = self._voice.guild_id
         self._dispatch(
@@ -272,7 +319,7 @@ class MainGateway:
                 "user": self._user_object(bot.user_id, bot.name, bot=True),
                 "guilds": [{"id": guild_id, "unavailable": True}],
                 "session_id": conn.session_id,
-                "resume_gateway_url": self.gateway_url,
+                "resume_gateway_url": self.resume_gateway_url,
                 "application": {"id": bot.user_id, "flags": 0},
                 "private_channels": [],
             },
@@ -404,6 +451,40 @@ class MainGateway:
             },
         )
 
+    # -- resuming ---------------------------------------------------------------------------
+
+    def _resume(self, conn: _GatewayConn, d: Any) -> None:
+        if conn.bot is not None:
+            self._close(conn, _ALREADY_AUTHENTICATED, "Already authenticated")
+            return
+        token = str(d["token"]).removeprefix("Bot ")
+        seq = d["seq"]
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise TypeError("seq must be an integer")
+        old = self._sessions.get(str(d["session_id"]))
+        if old is None or old.bot is None or old.bot.token != token:
+            self._counters["gateway_invalid_sessions"] += 1
+            self._send(conn, {"op": 9, "d": False})
+            return
+        missed = [frame for s, frame in old.sent if s > seq]
+        if not 0 <= seq <= old.seq or len(missed) < old.seq - seq:
+            # A seq from the future, or older than the replay buffer reaches.
+            self._close(conn, _INVALID_SEQ, "Invalid seq")
+            return
+        # The new connection takes the session over; the old one (a zombie, maybe) goes.
+        conn.bot, conn.session_id, conn.seq, conn.sent = old.bot, old.session_id, old.seq, old.sent
+        self._sessions[conn.session_id] = conn
+        if self._conns.get(old.bot.user_id) is old:
+            self._conns[old.bot.user_id] = conn
+        if not old.closing:
+            old.closing = True
+            old.link.close(None)
+        self._counters["gateway_resumed"] += 1
+        self._counters["gateway_replayed"] += len(missed)
+        for frame in missed:
+            conn.link.send(frame)
+        self._dispatch(conn, "RESUMED", {})
+
     # -- triggers (what Discord does by itself) ---------------------------------------------
 
     def leave(self, user_id: str) -> None:
@@ -466,6 +547,54 @@ class MainGateway:
             return
         channel = p.channel_id if joined else None
         self._broadcast_voice_state(self._voice_state(p.user_id, channel, p.session_id, bot=False))
+
+    # -- knobs for testing clients ----------------------------------------------------------
+
+    def drop(self, user_id: str, code: int | None = None) -> bool:
+        """Close a bot's gateway connection with ``code``, or drop its TCP connection (``None``).
+
+        A drop and the resumable codes (4000, 4002, 4008) keep its session for
+        op 6 Resume; other codes end the session, as on Discord.
+
+        Returns:
+            Whether the bot had a connection.
+        """
+        conn = self._conns.get(user_id)
+        if conn is None or conn.closing:
+            return False
+        self._close(conn, code, "closed by the sandbox")
+        self._on_change()
+        return True
+
+    def expire_sessions(self) -> int:
+        """Forget every session for op 6, as Discord does some minutes after a drop.
+
+        Connections stay up; a resume of a forgotten session gets op 9 ``d: false``.
+
+        Returns:
+            How many sessions were forgotten.
+        """
+        expired = len(self._sessions)
+        self._sessions.clear()
+        self._counters["gateway_sessions_ended"] += expired
+        return expired
+
+    def withhold_heartbeat_acks(self, count: int = 1) -> None:
+        """Answer the next ``count`` heartbeats (from any bot) with no op 11 ACK."""
+        self._withheld_acks = count
+
+    def send_raw(self, user_id: str, frame: str | bytes) -> bool:
+        """Send any frame as is to a bot's gateway connection (op 7, op 9, garbage).
+
+        Returns:
+            Whether the bot had a connection.
+        """
+        conn = self._conns.get(user_id)
+        if conn is None or conn.closing:
+            return False
+        conn.link.send(frame)
+        self._counters["gateway_raw_frames"] += 1
+        return True
 
 
 def check_gateway_request(ws: ServerConnection, request: Request) -> Response | None:
