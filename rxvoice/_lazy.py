@@ -28,3 +28,23 @@ def lazy_getattr(package: str, where: Mapping[str, str]) -> Callable[[str], Any]
         return value
 
     return resolve
+
+
+def lazy_dir(package: str, where: Mapping[str, str]) -> Callable[[], list[str]]:
+    """Make a module ``__dir__`` that lists the lazy names before they are loaded.
+
+    Without it, ``dir(package)`` and tab completion miss every lazy name not
+    used yet.
+
+    Args:
+        package: The package's ``__name__``.
+        where: The same table as :func:`lazy_getattr`'s.
+
+    Returns:
+        The ``__dir__`` function: the module's names and the lazy ones, sorted.
+    """
+
+    def names() -> list[str]:
+        return sorted({*vars(sys.modules[package]), *where})
+
+    return names
