@@ -5,6 +5,8 @@
 one Opus frame (20 ms), and marble elements are voice packets:
 
 =============  ===============================================================
+in a source    means
+=============  ===============================================================
 ``12``         frame 12 of the default speaker ``a`` (sequence ``12 % 65536``,
                timestamp ``12 * 960``), with a real Opus payload of its tone
 ``b12``        frame 12 of speaker ``b`` (any one-letter speaker name)
@@ -32,6 +34,8 @@ tokens by :meth:`VoiceMarbles.describe`, so output compares to a marble
 string with :meth:`VoiceMarbles.exp`, or is drawn as one with
 :meth:`VoiceMarbles.render`:
 
+=====================  ==========================================================
+value                  token
 =====================  ==========================================================
 frame                  ``12`` (speaker ``a``) or ``b12``
 gap marker             ``g12`` (or ``g12x3`` for 3 missing) / ``bg12``
