@@ -87,11 +87,15 @@ def test_roles_become_optional_links_or_code():
         'A <autoref identifier="rxvoice.events.PcmChunk" optional><code>PcmChunk</code>'
         "</autoref>, a <code>connect()</code> and <code>os</code>."
     )
+    literal = "Write ``:class:`PcmChunk` `` for a link."
+    assert ext.to_markdown(literal, resolve) == literal
 
 
 def test_fenced_code_and_examples():
     text = "Example:\n    >>> 1\n\n```text\n.. marble::\n:class:`x`\n```"
     assert ext.to_markdown(text) == "Examples:\n    >>> 1\n\n```text\n.. marble::\n:class:`x`\n```"
+    nested = "````md\n```python\n```\n:class:`x`\n````\n:class:`y`"
+    assert ext.to_markdown(nested) == nested.replace(":class:`y`", "<code>y</code>")
 
 
 def test_conversion_is_idempotent_on_every_docstring():

@@ -38,5 +38,8 @@ def test_dir_covers_every_public_and_lazy_name():
         assert names == sorted(set(names))
         assert set(package.__all__) <= set(names), package.__name__
         assert {"__getattr__", "__dir__", "__name__"} <= set(names)
+        # The __init__'s own helpers are not part of the API.
+        assert not {"TYPE_CHECKING", "annotations", "lazy_getattr", "lazy_dir"} & set(names)
     assert set(rxvoice._LAZY) <= set(dir(rxvoice))
     assert set(rxvoice.testing._WHERE) <= set(dir(rxvoice.testing))
+    assert {"errors", "events", "testing", "__version__"} <= set(dir(rxvoice))

@@ -45,6 +45,8 @@ _ROLE = re.compile(
 )
 _EXPLICIT_TITLE = re.compile(r"^(?P<title>.+?)\s*<(?P<target>[^<>]+)>$")
 _CODE_SPAN = re.compile(r"(`+)(?:.+?)\1")
+_LITERAL = re.compile(r"``.+?``")
+_FENCE = re.compile(r"^(`{3,}|~{3,})(.*)$")
 
 
 def to_markdown(text: str, resolve: Resolver | None = None) -> str:
@@ -65,13 +67,15 @@ def to_markdown(text: str, resolve: Resolver | None = None) -> str:
     while i < len(lines):
         line = lines[i]
         stripped = line.strip()
+        opening = _FENCE.match(stripped)
         if fence is not None:
+            # Closed by a run of the same character, at least as long, and nothing else.
             out.append(line)
-            if stripped.startswith(fence):
-                fence = None
+            if opening and opening[1][0] == fence[0] and len(opening[1]) >= len(fence):
+                fence = None if not opening[2] else fence
             i += 1
-        elif stripped.startswith(("```", "~~~")):
-            fence = stripped[:3]
+        elif opening:
+            fence = opening[1]
             out.append(line)
             i += 1
         elif _MARBLE.match(line):
@@ -217,7 +221,12 @@ def _escape_pipes(cell: str) -> str:
 
 
 def _roles(line: str, resolve: Resolver | None) -> str:
+    # A role written inside a literal (``:class:`x` ``) is an example of the syntax: keep it.
+    literals = [span.span() for span in _LITERAL.finditer(line)]
+
     def replace(match: re.Match[str]) -> str:
+        if any(start <= match.start() < end for start, end in literals):
+            return match[0]
         body = match["body"].strip()
         explicit = _EXPLICIT_TITLE.match(body)
         target = explicit["target"] if explicit else body
