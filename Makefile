@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench setup libopus clean
+.PHONY: demo test lint typecheck unit bench setup libopus clean docs docs-build
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -29,7 +29,7 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest
 
-test: lint typecheck unit
+test: lint typecheck unit docs-build
 
 demo: setup
 	$(BIN)/python -m rxvoice demo
@@ -37,5 +37,18 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py
 
+# The docs site (mkdocs.yml, docs/): `make docs` serves it on http://127.0.0.1:8000;
+# docs-build checks its docstring extension and builds it into site/ with --strict.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+
+docs: setup
+	$(DOCS_ENV) $(BIN)/mkdocs serve
+
+docs-build: setup
+	$(BIN)/ruff check docs/_ext
+	$(BIN)/ruff format --check docs/_ext
+	$(BIN)/mypy --strict docs/_ext
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis site

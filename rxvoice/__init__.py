@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rxvoice import errors
-from rxvoice._lazy import lazy_getattr
+from rxvoice._lazy import lazy_dir, lazy_getattr
 from rxvoice.events import (
     AudioFrame,
     AudioGap,
@@ -48,6 +48,7 @@ _LAZY = {
 }
 
 __getattr__ = lazy_getattr(__name__, _LAZY)
+__dir__ = lazy_dir(__name__, _LAZY)
 
 
 __all__ = [

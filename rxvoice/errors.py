@@ -11,6 +11,8 @@ caller used the API wrongly"::
     │   ├── DecryptionError      transport AEAD authentication failed
     │   └── DaveError            a DAVE media frame or MLS message was refused
     ├── UsageError               the caller misused the API (wrong state, bad argument)
+    │   ├── InvalidArgument      an argument's value is out of range or malformed
+    │   │                        (also a ValueError)
     │   └── ReconnectInProgress  a reconnect was requested while one is running
     ├── ConnectionClosed         the voice connection ended for good
     │   ├── DaveRequired         closed with 4017: the channel requires DAVE
@@ -29,6 +31,7 @@ __all__ = [
     "DaveRequired",
     "DecryptionError",
     "GatewayClosed",
+    "InvalidArgument",
     "MalformedMessage",
     "MalformedPacket",
     "OpusUnavailable",
@@ -65,6 +68,14 @@ class DaveError(ProtocolError):
 
 class UsageError(RxVoiceError):
     """The caller used the API in a way it does not allow."""
+
+
+class InvalidArgument(UsageError, ValueError):
+    """An argument's value is out of range or malformed.
+
+    Also a :class:`ValueError`, so code that caught the ``ValueError`` these
+    checks raised before keeps working.
+    """
 
 
 class ReconnectInProgress(UsageError):

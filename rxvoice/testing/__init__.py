@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rxvoice._lazy import lazy_getattr
+from rxvoice._lazy import lazy_dir, lazy_getattr
 
 if TYPE_CHECKING:
     from rxvoice.testing.marbles import VoiceMarbles, values, voice_marbles
@@ -30,3 +30,4 @@ _WHERE = {
 }
 
 __getattr__ = lazy_getattr(__name__, _WHERE)
+__dir__ = lazy_dir(__name__, _WHERE)

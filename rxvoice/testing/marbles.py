@@ -5,6 +5,8 @@
 one Opus frame (20 ms), and marble elements are voice packets:
 
 =============  ===============================================================
+in a source    means
+=============  ===============================================================
 ``12``         frame 12 of the default speaker ``a`` (sequence ``12 % 65536``,
                timestamp ``12 * 960``), with a real Opus payload of its tone
 ``b12``        frame 12 of speaker ``b`` (any one-letter speaker name)
@@ -33,16 +35,40 @@ string with :meth:`VoiceMarbles.exp`, or is drawn as one with
 :meth:`VoiceMarbles.render`:
 
 =====================  ==========================================================
+value                  token
+=====================  ==========================================================
 frame                  ``12`` (speaker ``a``) or ``b12``
 gap marker             ``g12`` (or ``g12x3`` for 3 missing) / ``bg12``
 decoded chunk          ``p12``; concealed ``c12``; FEC-recovered ``f12`` (``bp12``...)
 mixed tick             ``m3`` (tick 3)
+audio level            ``l12`` (``bl12``...; ``ml3`` for a mixed tick)
 voice activity         ``on12`` / ``off20`` (``bon12``...)
-anything else          itself
+anything else          its token from ``tokens=``, else itself
 =====================  ==========================================================
 
 where the number is the frame index at the item's timestamp
-(``timestamp // 960``).
+(``timestamp // 960``). Give any other type a token with
+``voice_marbles(tokens={SpeakingEvent: lambda e: ...})`` (or
+``m.tokens[SpeakingEvent] = ...``); :meth:`VoiceMarbles.prefix` gives a
+value's speaker prefix. :meth:`VoiceMarbles.render` refuses a token that a
+diagram cannot hold (one with ``-``, ``(``, ``)``, ``,``, ``|``, ``#`` or a
+space), such as a raw ``repr``, rather than drawing a diagram that means
+something else.
+
+The speakers every test knows (:data:`DEFAULT_SPEAKERS`):
+
+=======  =========  ====  ========
+speaker  user id    SSRC  tone
+=======  =========  ====  ========
+``a``    ``1001``   1     440 Hz
+``b``    ``1002``   2     660 Hz
+``c``    ``1003``   3     880 Hz
+=======  =========  ====  ========
+
+One block runs once: a second :meth:`VoiceMarbles.start` raises
+:class:`~rxvoice.errors.UsageError`, because the sources' elements were
+spent by the first run (virtual time only moves forward). Open a new
+``with voice_marbles() as m:`` block for each run.
 
 Example:
     >>> from rxvoice import operators as vops
@@ -67,7 +93,8 @@ from reactivex.notification import Notification, OnCompleted, OnError, OnNext
 from reactivex.testing import TestScheduler
 from reactivex.testing.recorded import Recorded
 
-from rxvoice.events import AudioFrame, AudioGap, PcmChunk, VoiceActivityChange
+from rxvoice.errors import InvalidArgument, UsageError
+from rxvoice.events import AudioFrame, AudioGap, AudioLevel, PcmChunk, VoiceActivityChange
 from rxvoice.protocol.crypto import TransportCipher
 from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.testing.packets import (
@@ -84,6 +111,7 @@ __all__ = [
     "DISPOSED",
     "FRAME",
     "SUBSCRIBED",
+    "TokenFunction",
     "VoiceMarbles",
     "parse",
     "values",
@@ -111,10 +139,15 @@ DEFAULT_SPEAKERS: Mapping[str, ToneSpeaker] = {
 
 Payload: TypeAlias = Literal["tone", "silence"] | Callable[[ToneSpeaker, int], bytes]
 
+TokenFunction: TypeAlias = Callable[[Any], Any]
+"""Turns a value of one type into its marble token (usually a short ``str``)."""
+
 _TOKEN = re.compile(r"(?P<speaker>[A-Za-z]?)(?P<n>\d+)(?P<silence>s?)")
 # RxPY's marble lexicon: a group, a run of dashes, a stray comma, or an element.
 _LEXICON = re.compile(r"(\(.*?\))|(-+)|(,)|(#|\||[^-,()#|]+)")
 _TS_MOD = 1 << 32
+# What a rendered element may not contain: marble syntax, or a space (ignored by the parser).
+_NOT_IN_TOKEN = re.compile(r"[-(),|#\s]")
 
 
 class VoiceMarbles:
@@ -123,7 +156,9 @@ class VoiceMarbles:
     Attributes:
         scheduler: The virtual-time scheduler that runs everything.
         timespan: Seconds per marble character.
-        speakers: ToneSpeaker name to :class:`~rxvoice.testing.packets.ToneSpeaker`.
+        speakers: Speaker name to :class:`~rxvoice.testing.packets.ToneSpeaker`.
+        tokens: Type to the function giving its values' tokens; consulted by
+            :meth:`describe` before the built-in tokens (along the type's MRO).
     """
 
     def __init__(
@@ -133,10 +168,12 @@ class VoiceMarbles:
         speakers: Mapping[str, ToneSpeaker],
         payload: Payload,
         fec: bool,
+        tokens: Mapping[type, TokenFunction] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.timespan = timespan
         self.speakers = dict(speakers)
+        self.tokens: dict[type, TokenFunction] = dict(tokens or {})
         self._payload = payload
         self._fec = fec
         self._names = {(s.user_id, s.ssrc): name for name, s in self.speakers.items()}
@@ -155,11 +192,11 @@ class VoiceMarbles:
             The frame.
 
         Raises:
-            ValueError: If the token is not a frame token of a known speaker.
+            InvalidArgument: If the token is not a frame token of a known speaker.
         """
         match = _TOKEN.fullmatch(str(token))
         if match is None or (match["speaker"] or "a") not in self.speakers:
-            raise ValueError(f"{token!r} is not a frame of a known speaker")
+            raise InvalidArgument(f"{token!r} is not a frame of a known speaker")
         speaker = self.speakers[match["speaker"] or "a"]
         n = int(match["n"])
         return audio_frame(
@@ -223,6 +260,8 @@ class VoiceMarbles:
     ) -> list[Recorded[Any]]:
         """Run the scheduler: create, subscribe at :data:`SUBSCRIBED`, dispose at ``disposed``.
 
+        Once per block: the run moves virtual time past the sources' elements.
+
         Args:
             create: The observable under test, or a function making it.
             disposed: When to dispose the subscription (virtual seconds).
@@ -230,7 +269,18 @@ class VoiceMarbles:
 
         Returns:
             What the observer saw, timed in ms since the subscription.
+
+        Raises:
+            UsageError: If this block already ran; open a new
+                ``voice_marbles()`` block for each run.
         """
+        if self._started:
+            raise UsageError(
+                "m.start() already ran in this voice_marbles() block, and its sources' "
+                "elements are spent (virtual time only moves forward): open a new "
+                "`with voice_marbles() as m:` block, with new sources, for each run"
+            )
+        self._started = True
         factory = create if callable(create) and not isinstance(create, Observable) else None
         observable = cast("Observable[Any] | None", None if factory else create)
 
@@ -284,18 +334,26 @@ class VoiceMarbles:
             parentheses (``-p1(p2)``) so the two stay apart.
 
         Raises:
-            ValueError: If a record is not on a position (a multiple of
-                :attr:`timespan`).
+            InvalidArgument: If a record is not on a position (a multiple of
+                :attr:`timespan`), or a value's token cannot stand in a diagram
+                (give its type a token with :attr:`tokens`).
         """
         step = self.timespan * 1000
         slots: dict[int, list[str]] = {}
         for record in records:
             position = round(record.time / step)
             if abs(position * step - record.time) > 1e-6 * step + 0.5:
-                raise ValueError(f"{record} is between two positions of {step:g} ms")
+                raise InvalidArgument(f"{record} is between two positions of {step:g} ms")
             value = record.value
             if isinstance(value, OnNext):
                 text = str(value.value)
+                if not text or _NOT_IN_TOKEN.search(text):
+                    kind = type(value.value).__name__
+                    raise InvalidArgument(
+                        f"no marble token for {value.value!r} (at {record.time} ms): give "
+                        f"{kind} a token without spaces or marble syntax, e.g. "
+                        f"m.tokens[{kind}] = lambda value: ..."
+                    )
             else:
                 text = "|" if isinstance(value, OnCompleted) else "#"
             slots.setdefault(position, []).append(text)
@@ -315,30 +373,57 @@ class VoiceMarbles:
         return "".join(out)
 
     def describe(self, value: Any) -> Any:
-        """Shorten a voice value to its marble token (see the module docstring)."""
+        """Shorten a value to its marble token (see the module docstring).
+
+        Args:
+            value: Any value a pipeline emits.
+
+        Returns:
+            The token from :attr:`tokens` for the value's type (or a base
+            class), else the built-in voice token, else the value itself.
+        """
+        for cls in type(value).__mro__:
+            token = self.tokens.get(cls)
+            if token is not None:
+                return token(value)
         if isinstance(value, AudioFrame):
-            prefix = self._prefix(value.user_id, value.ssrc)
+            prefix = self.prefix(value.user_id, value.ssrc)
             n = value.timestamp // FRAME_SAMPLES
             return n if not prefix else f"{prefix}{n}"
         if isinstance(value, AudioGap):
             count = f"x{value.count}" if value.count > 1 else ""
-            prefix = self._prefix(value.user_id, value.ssrc)
+            prefix = self.prefix(value.user_id, value.ssrc)
             return f"{prefix}g{value.timestamp // FRAME_SAMPLES}{count}"
         if isinstance(value, PcmChunk):
             n = value.timestamp // FRAME_SAMPLES
             if value.user_id is None and value.ssrc is None:
                 return f"m{n}"
             kind = "c" if value.concealed else "f" if value.recovered else "p"
-            return f"{self._prefix(value.user_id, value.ssrc)}{kind}{n}"
+            return f"{self.prefix(value.user_id, value.ssrc)}{kind}{n}"
+        if isinstance(value, AudioLevel):
+            n = value.timestamp // FRAME_SAMPLES
+            mixed = value.user_id is None and value.ssrc is None
+            return f"{'m' if mixed else self.prefix(value.user_id, value.ssrc)}l{n}"
         if isinstance(value, VoiceActivityChange):
             word = "on" if value.speaking else "off"
             n = value.timestamp // FRAME_SAMPLES
-            return f"{self._prefix(value.user_id, value.ssrc)}{word}{n}"
+            return f"{self.prefix(value.user_id, value.ssrc)}{word}{n}"
         return value
 
-    # -- internals -----------------------------------------------------------
+    def prefix(self, user_id: str | None, ssrc: int | None) -> str:
+        """The speaker prefix of a user's tokens: ``""`` for ``a``, ``"b"`` for ``b``...
 
-    def _prefix(self, user_id: str | None, ssrc: int | None) -> str:
+        For tokens of your own (:attr:`tokens`), e.g.
+        ``lambda e: f"{m.prefix(e.user_id, e.ssrc)}s"`` for ``s`` / ``bs``.
+
+        Args:
+            user_id: The value's user id.
+            ssrc: The value's SSRC.
+
+        Returns:
+            The speaker's name (empty for ``a``), matched by user and SSRC,
+            else by user, else by SSRC; ``?<user_id>`` for an unknown user.
+        """
         name = self._names.get((user_id or "", ssrc or 0))
         if name is None:
             # The user on another SSRC, or an SSRC with no known user.
@@ -347,6 +432,8 @@ class VoiceMarbles:
                 next((n for n, s in self.speakers.items() if s.ssrc == ssrc), f"?{user_id}"),
             )
         return "" if name == "a" else name
+
+    # -- internals -----------------------------------------------------------
 
     def _payload_of(self, speaker: ToneSpeaker, n: int, silence: bool) -> bytes:
         if silence or self._payload == "silence":
@@ -418,7 +505,7 @@ def parse(
         ``int`` or ``float`` when numeric, else ``str``.
 
     Raises:
-        ValueError: On a comma outside a group, or an unbalanced or nested
+        InvalidArgument: On a comma outside a group, or an unbalanced or nested
             parenthesis.
     """
     out: list[tuple[float, Notification[Any]]] = []
@@ -427,11 +514,11 @@ def parse(
     end = 0
     for match in _LEXICON.finditer(text):
         if match.start() != end or "(" in match[0][1:]:
-            raise ValueError(f"an unbalanced or nested parenthesis in {marbles!r}")
+            raise InvalidArgument(f"an unbalanced or nested parenthesis in {marbles!r}")
         end = match.end()
         group, dashes, comma, element = match.groups(default="")
         if comma:
-            raise ValueError(f"a comma outside a group in {marbles!r}")
+            raise InvalidArgument(f"a comma outside a group in {marbles!r}")
         if dashes:
             position += len(dashes)
             continue
@@ -441,7 +528,7 @@ def parse(
                 out.append((position * timespan, _notification(item, error)))
         position += 1
     if end != len(text):
-        raise ValueError(f"an unbalanced or nested parenthesis in {marbles!r}")
+        raise InvalidArgument(f"an unbalanced or nested parenthesis in {marbles!r}")
     return out
 
 
@@ -473,6 +560,7 @@ def voice_marbles(
     speakers: Mapping[str, ToneSpeaker] | None = None,
     payload: Payload = "tone",
     fec: bool = True,
+    tokens: Mapping[type, TokenFunction] | None = None,
 ) -> Iterator[VoiceMarbles]:
     """Open a virtual-time marble test for voice pipelines.
 
@@ -483,10 +571,19 @@ def voice_marbles(
         payload: Frame payloads: ``"tone"`` (real Opus of the speaker's
             tone), ``"silence"`` (``F8 FF FE``) or a function ``(speaker, n) -> bytes``.
         fec: Encode tones with in-band FEC.
+        tokens: Tokens for more types, e.g. ``{AudioLevel: lambda v: "loud"
+            if v.dbfs > -30 else "soft"}``; they take precedence over the
+            built-in ones (see :attr:`VoiceMarbles.tokens`).
 
     Yields:
-        The test: build sources with ``hot``/``cold``, run with ``start``,
-        compare with ``exp``.
+        The test: build sources with ``hot``/``cold``, run once with
+        ``start``, compare with ``exp`` or ``render``.
     """
-    scheduler = TestScheduler()
-    yield VoiceMarbles(scheduler, timespan, {**DEFAULT_SPEAKERS, **(speakers or {})}, payload, fec)
+    yield VoiceMarbles(
+        TestScheduler(),
+        timespan,
+        {**DEFAULT_SPEAKERS, **(speakers or {})},
+        payload,
+        fec,
+        tokens,
+    )

@@ -9,7 +9,15 @@ from reactivex import GroupedObservable, Observable
 from reactivex import operators as ops
 
 from rxvoice import operators as vops
-from rxvoice.events import AudioFrame, ClientDisconnect, PcmChunk, VoiceActivityChange
+from rxvoice.events import (
+    AudioFrame,
+    AudioLevel,
+    ClientDisconnect,
+    PcmChunk,
+    SpeakingEvent,
+    SpeakingFlags,
+    VoiceActivityChange,
+)
 from rxvoice.testing.marbles import values, voice_marbles
 from rxvoice.testing.packets import concat, dominant_frequency
 
@@ -69,3 +77,28 @@ def test_group_pipelines():
         leaves = m.hot("----L---", {"L": ClientDisconnect("1001")})
         result = m.start(frames.pipe(vops.group_by_user(leaves), ops.flat_map(labelled)))
         assert m.render(result) == "-1001:1-1002:b1-1001:2-|"
+
+
+def test_levels_say_loud_or_quiet():
+    with voice_marbles() as m:
+        m.tokens[AudioLevel] = lambda level: "loud" if level.dbfs > -30 else "quiet"
+        # Frames 0 and 1 of speaker a are Opus silence frames; frame 2 carries its tone.
+        result = m.start(m.hot("-0s-1s-2-|").pipe(vops.decode_opus(), vops.levels()))
+        assert m.render(result) == "-quiet-quiet-loud-|"
+
+
+def test_speaking_events_in_a_diagram():
+    def speaking(event: SpeakingEvent) -> str:
+        return f"{m.prefix(event.user_id, event.ssrc)}s{int(event.flags)}"
+
+    with voice_marbles(tokens={SpeakingEvent: speaking}) as m:
+        talk = SpeakingEvent("1002", 2, SpeakingFlags.MICROPHONE)
+        assert m.render(m.start(m.hot("-x-|", {"x": talk}))) == "-bs1-|"
+
+
+def test_two_pipelines_on_the_same_diagram():
+    diagram = "-1-3-2-|"
+    with voice_marbles() as m:
+        assert m.render(m.start(m.hot(diagram).pipe(vops.jitter_buffer()))) == "-1---(2,3)-|"
+    with voice_marbles() as m:
+        assert m.render(m.start(m.hot(diagram))) == "-1-3-2-|"

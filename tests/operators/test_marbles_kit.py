@@ -7,7 +7,16 @@ import pytest
 from reactivex.notification import OnCompleted, OnError, OnNext
 from reactivex.testing import ReactiveTest
 
-from rxvoice.events import AudioFrame, AudioGap, PcmChunk, VoiceActivityChange
+from rxvoice.errors import InvalidArgument, UsageError
+from rxvoice.events import (
+    AudioFrame,
+    AudioGap,
+    AudioLevel,
+    PcmChunk,
+    SpeakingEvent,
+    SpeakingFlags,
+    VoiceActivityChange,
+)
 from rxvoice.protocol.crypto import EncryptionMode, TransportCipher
 from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.testing.marbles import DEFAULT_SPEAKERS, parse, voice_marbles
@@ -30,13 +39,15 @@ def test_error_and_bad_comma():
     boom = ValueError("boom")
     [(_, notification)] = parse("--#", error=boom)
     assert isinstance(notification, OnError) and notification.exception is boom
-    with pytest.raises(ValueError, match="comma"):
+    with pytest.raises(InvalidArgument, match="comma"):
+        parse("-1,2-")
+    with pytest.raises(ValueError, match="comma"):  # still a ValueError, as before
         parse("-1,2-")
 
 
 @pytest.mark.parametrize("diagram", ["-(1-2-|", "-1)-|", "-((1,2))-|", "-1-|("])
 def test_unbalanced_or_nested_groups_are_refused(diagram: str):
-    with pytest.raises(ValueError, match="parenthesis"):
+    with pytest.raises(InvalidArgument, match="parenthesis"):
         parse(diagram)
 
 
@@ -101,7 +112,7 @@ def test_cipher_turns_frames_into_datagrams():
 def test_custom_payload_function():
     with voice_marbles(payload=lambda speaker, n: bytes([n])) as m:
         assert m.frame("b9").opus == b"\x09"
-    with voice_marbles() as m, pytest.raises(ValueError, match="known speaker"):
+    with voice_marbles() as m, pytest.raises(InvalidArgument, match="known speaker"):
         m.frame("z1")
 
 
@@ -109,7 +120,7 @@ def test_render_is_the_inverse_of_exp():
     with voice_marbles() as m:
         for diagram in ("-1-(2,3)-|", "-p1(p2)p3-#", "---m0(m1)m2(m3)(m4,|)", ""):
             assert m.render(m.exp(diagram)) == diagram
-        with pytest.raises(ValueError, match="between two positions"):
+        with pytest.raises(InvalidArgument, match="between two positions"):
             m.render([on_next(30, 1)])
 
 
@@ -119,3 +130,51 @@ def test_render_shows_a_pipeline_run():
     with voice_marbles(payload="silence") as m:
         result = m.start(m.hot("-1-3-2-|").pipe(vops.jitter_buffer()))
         assert m.render(result) == "-1---(2,3)-|"
+
+
+def test_a_second_start_in_one_block_fails_loudly():
+    with voice_marbles() as m:
+        source = m.hot("-1-2-|")
+        assert m.render(m.start(source)) == "-1-2-|"
+        with pytest.raises(UsageError, match="new `with voice_marbles"):
+            m.start(source)
+    with voice_marbles() as m:  # a new block runs again, from the same diagram
+        assert m.render(m.start(m.hot("-1-2-|"))) == "-1-2-|"
+
+
+def test_default_speakers_are_documented_users():
+    assert {n: (s.user_id, s.ssrc, s.frequency) for n, s in DEFAULT_SPEAKERS.items()} == {
+        "a": ("1001", 1, 440.0),
+        "b": ("1002", 2, 660.0),
+        "c": ("1003", 3, 880.0),
+    }
+
+
+def test_levels_have_tokens():
+    with voice_marbles() as m:
+        assert m.describe(AudioLevel("1001", 1, 2 * 960, 0.1, -20.0)) == "l2"
+        assert m.describe(AudioLevel("1002", 2, 2 * 960, 0.1, -20.0)) == "bl2"
+        assert m.describe(AudioLevel(None, None, 3 * 960, 0.1, -20.0)) == "ml3"
+
+
+def test_tests_give_tokens_to_any_type_and_override_built_ins():
+    def speaking(event: SpeakingEvent) -> str:
+        return f"{m.prefix(event.user_id, event.ssrc)}s"
+
+    with voice_marbles(tokens={SpeakingEvent: speaking}) as m:
+        m.tokens[AudioLevel] = lambda level: "loud" if level.dbfs > -30 else "soft"
+        talk = SpeakingEvent("1002", 2, SpeakingFlags.MICROPHONE)
+        levels = {"L": AudioLevel("1001", 1, 0, 0.5, -6.0), "Q": AudioLevel("1001", 1, 0, 0, -60)}
+        result = m.start(m.hot("-S-L-Q-|", {"S": talk, **levels}))
+        assert m.render(result) == "-bs-loud-soft-|"
+        assert m.prefix("1003", 3) == "c" and m.prefix("1001", 99) == ""
+
+
+def test_render_refuses_values_without_a_token():
+    talk = SpeakingEvent("1002", 2, SpeakingFlags.MICROPHONE)
+    with voice_marbles() as m:
+        result = m.start(m.hot("-S-|", {"S": talk}))
+        with pytest.raises(InvalidArgument, match=r"m\.tokens\[SpeakingEvent\]"):
+            m.render(result)
+        with pytest.raises(InvalidArgument, match="no marble token"):
+            m.render(m.exp("-x-", {"x": "two words"}))

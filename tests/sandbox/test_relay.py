@@ -9,7 +9,7 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from rxvoice.errors import DecryptionError, ProtocolError
+from rxvoice.errors import DecryptionError, InvalidArgument, ProtocolError
 from rxvoice.protocol import gateway as gw
 from rxvoice.protocol.crypto import EncryptionMode, RtpCrypto, TransportCipher
 from rxvoice.protocol.daveframe import DaveFrame
@@ -207,8 +207,10 @@ def test_fault_injector_is_deterministic() -> None:
     assert any(delay >= faults.reorder_delay for delay, _ in flat)  # reordering delays
     assert any(len(d) < 40 for _, d in flat)  # truncation
     assert FaultInjector().plan(b"abc") == [(0.0, b"abc")]
-    with pytest.raises(ValueError, match="probability"):
+    with pytest.raises(InvalidArgument, match="probability"):
         Faults(loss=1.5)
+    with pytest.raises(ValueError, match="seconds"):  # still a ValueError, as before
+        Faults(jitter=11.0)
 
 
 KEEPALIVE = struct.pack("<I4x", 7)  # discord.js: a u32 LE counter and 4 zero bytes (§3.2)

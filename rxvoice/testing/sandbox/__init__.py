@@ -99,7 +99,7 @@ class Sandbox:
     """A local Discord for voice clients; use it as an async context manager.
 
     Args:
-        speakers: Simulated speakers that join at start and talk in turns.
+        speakers: Simulated speakers that join at start; all talk at once (1 s on, 0.5 s off).
         dave: Offer DAVE (E2EE). Off: every op 4 says version 0.
         require_dave: Close clients without DAVE with 4017, as Discord does
             since 2026-03-01. Otherwise a non-DAVE client downgrades the call.

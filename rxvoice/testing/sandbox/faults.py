@@ -14,6 +14,8 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
+from rxvoice.errors import InvalidArgument
+
 __all__ = ["FaultInjector", "Faults"]
 
 
@@ -40,6 +42,10 @@ class Faults:
             clients late, so its first packets arrive before receivers can map
             its SSRC to a user (op 5 and RTP race in real calls).
         seed: Seed of the injector's random generator.
+
+    Raises:
+        InvalidArgument: If a probability is outside ``0 .. 1`` or a delay
+            outside ``0 .. 10`` seconds.
     """
 
     loss: float = 0.0
@@ -61,9 +67,9 @@ class Faults:
                 continue
             if f.name in ("jitter", "reorder_delay", "speaking_delay"):
                 if not 0.0 <= value <= 10.0:
-                    raise ValueError(f"Faults.{f.name} must be 0..10 seconds, got {value}")
+                    raise InvalidArgument(f"Faults.{f.name} must be 0..10 seconds, got {value}")
             elif not 0.0 <= value <= 1.0:
-                raise ValueError(f"Faults.{f.name} must be a probability 0..1, got {value}")
+                raise InvalidArgument(f"Faults.{f.name} must be a probability 0..1, got {value}")
 
     @property
     def network_active(self) -> bool:

@@ -392,7 +392,7 @@ class Speaker:
         self._set_speaking(False)
 
     async def run(self, talk_frames: int = 50, pause_seconds: float = 0.5) -> None:
-        """Talk and pause in turns until the speaker leaves (the sandbox's default script)."""
+        """Talk, pause, repeat until the speaker leaves (the sandbox's default script)."""
         while not self.closed:
             await self.talk(talk_frames)
             await self.pause()
