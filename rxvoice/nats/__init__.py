@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
-from rxvoice.nats.consume import consume, control_of, frame_of
+from rxvoice.nats.consume import consume, to_frames
 from rxvoice.nats.layout import (
     AUDIO_SUBJECT,
     CONTROL_SUBJECT,
@@ -85,10 +85,12 @@ __all__ = [
     "control_events",
     "ensure_stream",
     "frames",
+    "packets",
     "partition_subjects",
     "publish",
     "publish_connection",
     "stream_config",
+    "to_frames",
 ]
 
 
@@ -206,6 +208,48 @@ def publish_connection(
     return ConnectionPublisher(audio, events, connection.on_audio_frame)
 
 
+def packets(
+    js: JetStreamContext,
+    subject: str | Sequence[str] = "voice.*.*",
+    *,
+    durable: str | None = None,
+    deliver: Literal["all", "new"] = "all",
+    stream: str | None = None,
+    batch: int = 256,
+    ack_wait: float | None = None,
+    max_ack_pending: int | None = None,
+    stats: Counter[str] | None = None,
+    on_diagnostic: Callable[[Diagnostic], None] | None = None,
+) -> Observable[VoicePacket]:
+    """The published frames with their context: guild, channel, DAVE epoch, wall-clock arrival.
+
+    :func:`frames` is ``packets(...).pipe(to_frames())``; take packets when a
+    worker needs to know which guild or channel a frame came from (share
+    them with ``ops.share()`` and map a branch with :func:`to_frames`).
+    The arguments are those of :func:`frames`.
+
+    Example:
+        >>> shared = vnats.packets(js, durable="recorder").pipe(ops.share())
+        >>> shared.pipe(vnats.to_frames(), vops.decode_opus()).subscribe(on_pcm)
+
+    Returns:
+        A cold observable of :class:`~rxvoice.nats.wire.VoicePacket`.
+    """
+    return consume(
+        js,
+        subject,
+        VoicePacket.parse,
+        durable=durable,
+        deliver=deliver,
+        stream=stream,
+        batch=batch,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        stats=stats,
+        on_diagnostic=on_diagnostic,
+    )
+
+
 def frames(
     js: JetStreamContext,
     subject: str | Sequence[str] = "voice.*.*",
@@ -273,10 +317,9 @@ def frames(
         UsageError: ``batch`` below 1 or no subject; subscribing outside a
             running asyncio loop.
     """
-    return consume(
+    source = packets(
         js,
         subject,
-        frame_of,
         durable=durable,
         deliver=deliver,
         stream=stream,
@@ -286,6 +329,7 @@ def frames(
         stats=stats,
         on_diagnostic=on_diagnostic,
     )
+    return source.pipe(to_frames())
 
 
 def control_events(
@@ -328,7 +372,7 @@ def control_events(
     return consume(
         js,
         subject,
-        control_of,
+        ControlMessage.parse,
         durable=durable,
         deliver=deliver,
         stream=stream,

@@ -23,45 +23,53 @@ from reactivex.disposable import Disposable
 
 from rxvoice.errors import ProtocolError, UsageError
 from rxvoice.events import AudioFrame, Diagnostic
-from rxvoice.nats.wire import ControlMessage, VoicePacket
+from rxvoice.nats.wire import VoicePacket
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
-__all__ = ["consume"]
+__all__ = ["consume", "to_frames"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-def audio_frame(packet: VoicePacket, received_at: float) -> AudioFrame:
-    """The :class:`~rxvoice.events.AudioFrame` a packet carries, arrived at ``received_at``."""
-    return AudioFrame(
-        user_id=packet.user_id, ssrc=packet.ssrc, frame=packet.frame, received_at=received_at
-    )
+def to_frames() -> Callable[[Observable[VoicePacket]], Observable[AudioFrame]]:
+    """Map packets to the frames they carry, arrival times moved to this process's clock.
 
+    The wire carries the publisher's wall clock; a frame's ``received_at`` is
+    on the receiving loop's monotonic clock. The offset between this
+    process's two clocks is taken once per subscription.
+    """
 
-def frame_of(offset: float) -> Callable[[bytes], AudioFrame]:
-    """Parse a frame message; its wall-clock arrival becomes loop time via ``offset``."""
+    def operator(source: Observable[VoicePacket]) -> Observable[AudioFrame]:
+        def subscribe(
+            observer: abc.ObserverBase[AudioFrame], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            try:
+                now = asyncio.get_running_loop().time()
+            except RuntimeError:
+                now = time.monotonic()
+            offset = now - time.time()
 
-    def parse(data: bytes) -> AudioFrame:
-        packet = VoicePacket.parse(data)
-        return audio_frame(packet, packet.received_at + offset)
+            def on_next(packet: VoicePacket) -> None:
+                observer.on_next(packet.to_frame(packet.received_at + offset))
 
-    return parse
+            return source.subscribe(
+                on_next, observer.on_error, observer.on_completed, scheduler=scheduler
+            )
 
+        return Observable(subscribe)
 
-def control_of(_: float) -> Callable[[bytes], ControlMessage]:
-    """Parse a control message (its ``at`` stays on the publisher's wall clock)."""
-    return ControlMessage.parse
+    return operator
 
 
 def consume(
     js: JetStreamContext,
     subject: str | Sequence[str],
-    parser: Callable[[float], Callable[[bytes], T]],
+    parse: Callable[[bytes], T],
     *,
     durable: str | None,
     deliver: Literal["all", "new"],
@@ -72,7 +80,7 @@ def consume(
     stats: Counter[str] | None,
     on_diagnostic: Callable[[Diagnostic], None] | None,
 ) -> Observable[T]:
-    """A cold observable over a pull consumer (see :func:`rxvoice.nats.frames`)."""
+    """A cold observable of ``parse(data)`` over a pull consumer (see ``rxvoice.nats.frames``)."""
     if batch < 1:
         raise UsageError(f"batch must be >= 1, got {batch}")
     subjects = [subject] if isinstance(subject, str) else list(subject)
@@ -87,14 +95,14 @@ def consume(
             loop = asyncio.get_running_loop()
         except RuntimeError:
             raise UsageError("subscribe to a NATS source inside a running asyncio loop") from None
-        task = loop.create_task(_pull(observer, loop), name="rxvoice-nats-consume")
+        task = loop.create_task(_pull(observer), name="rxvoice-nats-consume")
 
         def dispose() -> None:
             task.cancel()
 
         return Disposable(dispose)
 
-    async def _pull(observer: abc.ObserverBase[T], loop: asyncio.AbstractEventLoop) -> None:
+    async def _pull(observer: abc.ObserverBase[T]) -> None:
         from nats.errors import ConnectionClosedError
         from nats.errors import Error as NatsError
         from nats.errors import TimeoutError as NatsTimeout
@@ -112,10 +120,8 @@ def consume(
                 subjects[0], durable=durable, stream=stream, config=config
             )
         except Exception as exc:
-            observer.on_error(exc)
+            _fail(observer, exc)
             return
-        # The wire carries the publisher's wall clock; frames here carry this loop's.
-        parse = parser(loop.time() - time.time())
         failures = 0
         try:
             while True:
@@ -124,7 +130,7 @@ def consume(
                 except NatsTimeout:
                     continue  # nothing new, or the broker is away: nats-py reconnects
                 except ConnectionClosedError as exc:
-                    observer.on_error(exc)  # closed by its owner: nothing more can come
+                    _fail(observer, exc)  # closed by its owner: nothing more can come
                     return
                 except NatsError as exc:  # e.g. a leadership change: try again
                     counts["fetch_error"] += 1
@@ -156,7 +162,7 @@ def consume(
         try:
             observer.on_next(item)
         except Exception as exc:  # the subscriber's own failure ends its subscription
-            observer.on_error(exc)
+            _fail(observer, exc)
             return False
         counts["received"] += 1
         try:
@@ -167,3 +173,12 @@ def consume(
         return True
 
     return Observable(subscribe)
+
+
+def _fail(observer: abc.ObserverBase[T], error: Exception) -> None:
+    # A subscriber without on_error makes RxPY raise it again: log it rather
+    # than leave it in a task nobody awaits.
+    try:
+        observer.on_error(error)
+    except Exception:
+        logger.warning("a NATS source ended with %r (its subscriber has no on_error)", error)

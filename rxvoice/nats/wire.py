@@ -61,6 +61,7 @@ from typing import Any, Final, TypeAlias
 
 from rxvoice.errors import MalformedMessage, MalformedPacket, UsageError
 from rxvoice.events import (
+    AudioFrame,
     ClientConnect,
     ClientDisconnect,
     ConnectionState,
@@ -142,6 +143,17 @@ class VoicePacket:
     def opus(self) -> bytes:
         """The Opus payload."""
         return self.frame[_RTP_SIZE:]
+
+    def to_frame(self, received_at: float) -> AudioFrame:
+        """The :class:`~rxvoice.events.AudioFrame` this packet carries.
+
+        Args:
+            received_at: Its arrival time on the receiving clock (see
+                :func:`rxvoice.nats.to_frames` for the mapping from the wall clock).
+        """
+        return AudioFrame(
+            user_id=self.user_id, ssrc=self.ssrc, frame=self.frame, received_at=received_at
+        )
 
     def serialize(self) -> bytes:
         """Return the message bytes (layout version 1, see the module docstring).

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import struct
+import time
 
 import pytest
+import reactivex
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rxvoice.errors import MalformedMessage, MalformedPacket, UsageError
 from rxvoice.events import (
+    AudioFrame,
     ClientConnect,
     ClientDisconnect,
     ConnectionState,
@@ -20,7 +24,7 @@ from rxvoice.events import (
     SpeakingEvent,
     SpeakingFlags,
 )
-from rxvoice.nats.consume import frame_of
+from rxvoice.nats import to_frames
 from rxvoice.nats.wire import (
     HEADER_SIZE,
     ControlMessage,
@@ -139,13 +143,21 @@ def test_unpublishable_values_are_usage_errors(packet: VoicePacket):
         packet.serialize()
 
 
-def test_a_consumer_gets_the_frame_on_its_own_clock():
+def test_a_packet_carries_the_frame_it_was_made_of():
     frame = rtp_frame(3, 77, b"opus")
     data = VoicePacket("1", "2", "3", 1_700_000_000.25, 4, 1, frame).serialize()
-    # The consumer's loop clock is the wall clock minus 1_699_999_000 s.
-    audio = frame_of(-1_699_999_000.0)(data)
+    audio = VoicePacket.parse(data).to_frame(received_at=12.5)
     assert (audio.user_id, audio.ssrc, audio.sequence, audio.frame) == ("3", 77, 3, frame)
-    assert audio.received_at == pytest.approx(1000.25)
+    assert audio.received_at == 12.5
+
+
+async def test_to_frames_moves_arrival_times_to_the_loop_clock():
+    wall, loop = time.time(), asyncio.get_running_loop().time()
+    earlier = VoicePacket("1", "2", "3", wall - 2.0, 0, 0, rtp_frame(0, 1, b"x"))
+    got: list[AudioFrame] = []
+    reactivex.of(earlier).pipe(to_frames()).subscribe(got.append)
+    # Two seconds before now, on the loop's clock (give or take this test's own run time).
+    assert loop - 2.5 < got[0].received_at < loop - 1.5
 
 
 # -- control messages ----------------------------------------------------------------------
