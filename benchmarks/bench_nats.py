@@ -66,7 +66,7 @@ def bench_wire(repeat: int) -> None:
         "µs",
     )
     report(
-        "parse a frame into an `AudioFrame`",
+        "parse a frame into an `AudioFrame` (`VoicePacket.parse`, `to_frame`)",
         best_us(lambda: VoicePacket.parse(data).to_frame(0.0), 20000, repeat),
         "µs",
     )
