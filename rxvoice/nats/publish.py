@@ -114,7 +114,7 @@ class PublishStats:
         return self.offered - self.acked - self.dropped - self.errors - self.timeouts
 
 
-def nats_client(client: NatsClient | JetStreamContext) -> NatsClient:
+def _nats_client(client: NatsClient | JetStreamContext) -> NatsClient:
     """The core NATS client of ``client`` (itself, or the one under a JetStream context)."""
     inner = getattr(client, "_nc", None)  # JetStreamContext keeps its client there
     return inner if inner is not None else client  # type: ignore[return-value]
@@ -139,7 +139,7 @@ class _Window:
             raise UsageError(f"max_in_flight must be >= 1, got {max_in_flight}")
         if ack_timeout <= 0:
             raise UsageError(f"ack_timeout must be > 0, got {ack_timeout}")
-        self._nc = nats_client(client)
+        self._nc = _nats_client(client)
         self.stats = stats
         self._max = max_in_flight
         self._ack_timeout = ack_timeout
@@ -200,6 +200,18 @@ class _Window:
         self._error(reason)
 
     async def _run(self) -> None:
+        try:
+            await self._publish_queue()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # e.g. the client was closed before we could subscribe
+            self._error(f"the publisher stopped: {exc!r}")
+            self._closed = True
+            self.stats.dropped += len(self._queue)
+            self._queue.clear()
+            self._settled()
+
+    async def _publish_queue(self) -> None:
         nc = self._nc
         wake = self._wake
         assert wake is not None and self._loop is not None

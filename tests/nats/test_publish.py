@@ -6,6 +6,7 @@ import asyncio
 import collections
 import threading
 
+import nats
 import pytest
 import reactivex
 from nats.js import JetStreamContext
@@ -157,3 +158,32 @@ async def test_partitions_keep_each_user_on_one_worker(js: JetStreamContext):
         owners[f.user_id].add(k)
     assert set(owners) == set(users) and all(len(ks) == 1 for ks in owners.values())
     assert len({k for ks in owners.values() for k in ks}) > 1  # the load is spread
+
+
+async def test_a_closed_client_drops_and_counts(nats_server: LocalNatsServer):
+    nc = await nats.connect(nats_server.url)
+    await nc.close()
+    source, pub, _ = publisher(nc.jetstream())
+    source.on_next(frame(0))
+    await pub.drain()
+    source.on_next(frame(1))
+    assert (pub.stats.offered, pub.stats.dropped, pub.stats.in_flight) == (2, 2, 0)
+    assert "stopped" in pub.last_error
+
+
+async def test_a_consumer_carries_on_across_a_broker_restart(
+    js: JetStreamContext, nats_server: LocalNatsServer
+):
+    source, pub, _ = publisher(js)
+    stats: collections.Counter[str] = collections.Counter()
+    got = Recorder(vnats.frames(js, durable="steady", stats=stats))
+    for n in range(3):
+        source.on_next(frame(n))
+    await got.wait_for(count(3))
+    await nats_server.restart()
+    for n in range(3, 6):
+        source.on_next(frame(n))
+    await pub.drain()
+    await got.wait_for(lambda fs: {f.sequence for f in fs} >= set(range(6)))
+    assert pub.stats.acked + pub.stats.timeouts == 6
+    got.dispose()
