@@ -124,7 +124,8 @@ def stream_config(
         max_bytes: A size cap for the stream; ``None``: only ``max_age``.
         storage: ``"file"`` (survives a broker restart) or ``"memory"``.
         replicas: Copies in a NATS cluster (1 for a single server).
-        partitions: Rewrite audio subjects to ``voice.{p}.{guild_id}.{user_id}``
+        partitions: Rewrite audio subjects of the default template
+            (``voice.{guild_id}.{user_id}``) to ``voice.{p}.{guild_id}.{user_id}``
             with ``p`` in ``range(partitions)``; ``None``: no rewriting.
         partition_by: Hash ``"user"`` (guild and user: spreads the load most)
             or ``"guild"`` (a whole call on one worker, e.g. to mix it).
