@@ -18,7 +18,7 @@ def main() -> int:
     print(
         f"python {platform.python_version()}, {platform.machine()}, {platform.processor() or '?'}"
     )
-    for script in ("bench_receive.py", "bench_audio.py"):
+    for script in ("bench_receive.py", "bench_audio.py", "bench_nats.py"):
         print(f"\n## {script}\n", flush=True)
         code = subprocess.call([sys.executable, str(HERE / script), *sys.argv[1:]])
         if code:
