@@ -20,8 +20,8 @@ libopus:
 setup: $(STAMP) libopus
 
 lint: setup
-	$(BIN)/ruff check rxvoice tests benchmarks
-	$(BIN)/ruff format --check rxvoice tests benchmarks
+	$(BIN)/ruff check rxvoice tests benchmarks examples
+	$(BIN)/ruff format --check rxvoice tests benchmarks examples
 
 typecheck: setup
 	$(BIN)/mypy
