@@ -3,8 +3,11 @@
 It speaks the part of the gateway that a voice bot needs (protocol.md §2, §7.1):
 
 - op 10 Hello, op 2 Identify (the bot token is checked; 4004 otherwise), the
-  ``READY`` dispatch (``user.id``, ``session_id``) and a small ``GUILD_CREATE``
-  for the sandbox guild, op 1 Heartbeat → op 11 ACK;
+  ``READY`` dispatch (``user.id``, ``session_id``, ``shard`` when identified as
+  one) and a ``GUILD_CREATE`` for the sandbox guild (its voice channels, roles,
+  the bot as member, everyone's voice states: enough for discord.py's and
+  disnake's caches), op 1 Heartbeat → op 11 ACK;
+- ``compress=zlib-stream`` transport compression, as bot libraries ask for it;
 - op 4 Update Voice State → ``VOICE_STATE_UPDATE`` then ``VOICE_SERVER_UPDATE``
   (a fresh voice token, ``endpoint`` = ``host:port`` without a scheme);
   ``channel_id: null`` → ``VOICE_STATE_UPDATE`` with a null channel and the
@@ -23,7 +26,8 @@ import datetime
 import json
 import logging
 import secrets
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -76,6 +80,8 @@ class _GatewayConn:
     session_id: str = ""
     seq: int = 0
     closing: bool = False
+    # Transport compression (compress=zlib-stream): one stream for the whole connection.
+    deflate: Any = None
 
 
 class MainGateway:
@@ -89,6 +95,8 @@ class MainGateway:
         heartbeat_interval: Sent in Hello, in milliseconds.
         counters: Shared event counters.
         on_change: Called after every state change.
+        channel_ids: The guild's voice channels in ``GUILD_CREATE``; the voice
+            server's default channel when empty.
     """
 
     def __init__(
@@ -100,8 +108,10 @@ class MainGateway:
         heartbeat_interval: float,
         counters: collections.Counter[str],
         on_change: Callable[[], None],
+        channel_ids: Sequence[str] = (),
     ) -> None:
         self._voice = voice
+        self.channel_ids = tuple(channel_ids) or (voice.default_channel_id,)
         self.voice_endpoint = voice_endpoint
         self.gateway_url = gateway_url
         self.heartbeat_interval = heartbeat_interval
@@ -133,8 +143,16 @@ class MainGateway:
     # -- sending ----------------------------------------------------------------------------
 
     def _send(self, conn: _GatewayConn, payload: dict[str, Any]) -> None:
-        if not conn.closing:
-            conn.link.send(json.dumps(payload, separators=(",", ":")))
+        if conn.closing:
+            return
+        text = json.dumps(payload, separators=(",", ":"))
+        if conn.deflate is None:
+            conn.link.send(text)
+        else:
+            # zlib-stream: each payload is flushed, so it ends with 00 00 FF FF.
+            conn.link.send(
+                conn.deflate.compress(text.encode()) + conn.deflate.flush(zlib.Z_SYNC_FLUSH)
+            )
 
     def _dispatch(self, conn: _GatewayConn, event: str, data: object) -> None:
         conn.seq += 1
@@ -146,7 +164,8 @@ class MainGateway:
             conn.link.close(code, reason)
             conn.closing = True
 
-    def _user_object(self, user_id: str, name: str, *, bot: bool) -> dict[str, Any]:
+    def user_object(self, user_id: str, name: str, *, bot: bool) -> dict[str, Any]:
+        """A Discord user object (also what the REST API returns for ``/users/@me``)."""
         return {
             "id": user_id,
             "username": name,
@@ -166,7 +185,7 @@ class MainGateway:
             "channel_id": channel_id,
             "user_id": user_id,
             "member": {
-                "user": self._user_object(user_id, name, bot=bot),
+                "user": self.user_object(user_id, name, bot=bot),
                 "roles": [],
                 "joined_at": self._created,
                 "deaf": False,
@@ -194,6 +213,8 @@ class MainGateway:
         """Run one gateway connection (the ``websockets`` handler)."""
         link = WebSocketLink(ws)
         conn = _GatewayConn(link)
+        if ws.request is not None and _compression(ws.request) == "zlib-stream":
+            conn.deflate = zlib.compressobj()
         self._send(conn, {"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval}})
         try:
             async for frame in ws:
@@ -269,19 +290,20 @@ class MainGateway:
             "READY",
             {
                 "v": 10,
-                "user": self._user_object(bot.user_id, bot.name, bot=True),
+                "user": self.user_object(bot.user_id, bot.name, bot=True),
                 "guilds": [{"id": guild_id, "unavailable": True}],
                 "session_id": conn.session_id,
                 "resume_gateway_url": self.gateway_url,
                 "application": {"id": bot.user_id, "flags": 0},
                 "private_channels": [],
+                # Echoed when the bot identified as a shard (sharded clients read it).
+                **({"shard": d["shard"]} if isinstance(d.get("shard"), list) else {}),
             },
         )
         self._dispatch(conn, "GUILD_CREATE", self._guild(bot))
 
     def _guild(self, bot: Bot) -> dict[str, Any]:
         guild_id = self._voice.guild_id
-        channel_id = self._voice.default_channel_id
         voice_states = []
         for call in self._voice.calls.values():
             for p in call.members.values():
@@ -307,6 +329,11 @@ class MainGateway:
                     "permissions": _EVERYONE_PERMISSIONS,
                     "position": 0,
                     "color": 0,
+                    "colors": {
+                        "primary_color": 0,
+                        "secondary_color": None,
+                        "tertiary_color": None,
+                    },
                     "hoist": False,
                     "managed": False,
                     "mentionable": False,
@@ -330,8 +357,8 @@ class MainGateway:
                     "id": channel_id,
                     "type": 2,  # GUILD_VOICE
                     "guild_id": guild_id,
-                    "name": "Sandbox",
-                    "position": 0,
+                    "name": "Sandbox" if position == 0 else f"Sandbox {position + 1}",
+                    "position": position,
                     "bitrate": 64000,
                     "user_limit": 0,
                     "rtc_region": None,
@@ -339,11 +366,12 @@ class MainGateway:
                     "parent_id": None,
                     "nsfw": False,
                 }
+                for position, channel_id in enumerate(self.channel_ids)
             ],
             "threads": [],
             "members": [
                 {
-                    "user": self._user_object(bot.user_id, bot.name, bot=True),
+                    "user": self.user_object(bot.user_id, bot.name, bot=True),
                     "roles": [],
                     "joined_at": self._created,
                     "deaf": False,
@@ -468,9 +496,21 @@ class MainGateway:
         self._broadcast_voice_state(self._voice_state(p.user_id, channel, p.session_id, bot=False))
 
 
+def _compression(request: Request) -> str | None:
+    return parse_qs(urlsplit(request.path).query).get("compress", [None])[0]
+
+
 def check_gateway_request(ws: ServerConnection, request: Request) -> Response | None:
-    """Refuse encodings and compression the stub does not speak (only JSON, uncompressed)."""
+    """Refuse encodings and compression the stub does not speak.
+
+    It speaks ``encoding=json``, uncompressed or with ``compress=zlib-stream``
+    transport compression (what discord.py and disnake ask for).
+    """
     query = parse_qs(urlsplit(request.path).query)
-    if query.get("encoding", ["json"])[0] != "json" or "compress" in query:
+    if query.get("encoding", ["json"])[0] != "json":
         return ws.respond(HTTPStatus.BAD_REQUEST, "the sandbox gateway speaks encoding=json only\n")
+    if _compression(request) not in (None, "zlib-stream"):
+        return ws.respond(
+            HTTPStatus.BAD_REQUEST, "the sandbox gateway speaks compress=zlib-stream only\n"
+        )
     return None
