@@ -236,7 +236,11 @@ class RxVoiceProtocol:
     async def on_voice_state_update(self, data: Any, /) -> None:
         """Our ``VOICE_STATE_UPDATE`` (the library forwards it): follow moves, leaves, kicks."""
         update = self.shard.feed("VOICE_STATE_UPDATE", data)
-        if isinstance(update, VoiceStateUpdate) and update.channel_id is not None:
+        if (
+            isinstance(update, VoiceStateUpdate)
+            and update.user_id == self.shard.user_id
+            and update.channel_id is not None
+        ):
             channel = self.guild.get_channel(int(update.channel_id))
             if channel is not None:
                 self.channel = channel  # moved (by us or by a moderator)
