@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -43,6 +44,8 @@ _RESERVED = frozenset(
     {"guild_id", "channel_id", "user_id", "shard", "session_id", "token", "endpoint"}
     | {"self_mute", "self_deaf"}
 )
+_STATE_FIELDS = ("guild_id", "channel_id", "user_id", "session_id")
+_SERVER_FIELDS = ("guild_id", "token", "endpoint")
 _LATENCY_SAMPLES = 20  # heartbeats averaged by average_latency, as discord.py does
 _PCM_FRAME_BYTES = 960 * CHANNELS * 2  # 20 ms of 48 kHz stereo int16, an AudioSource's read()
 _BACKGROUND: set[asyncio.Task[Any]] = set()  # close() tasks spawned by cleanup()
@@ -115,7 +118,7 @@ class RxVoiceProtocol:
     ) -> None:
         _check_options(options)
         # The library's VoiceProtocol.__init__ (sets client and channel).
-        type(self).library.VoiceProtocol.__init__(self, client, channel)
+        _voice_protocol(type(self).library).__init__(self, client, channel)
         self.shard = DispatchShard(self._change_voice_state, user_id=self._our_user_id)
         self.connection = Connection(
             guild_id=channel.guild.id, channel_id=channel.id, shard=self.shard, **options
@@ -235,7 +238,9 @@ class RxVoiceProtocol:
 
     async def on_voice_state_update(self, data: Any, /) -> None:
         """Our ``VOICE_STATE_UPDATE`` (the library forwards it): follow moves, leaves, kicks."""
-        update = self.shard.feed("VOICE_STATE_UPDATE", data)
+        # Libraries forward only our own voice state, so user_id may be left out.
+        payload = _payload(data, _STATE_FIELDS, user_id=self.shard.user_id)
+        update = self.shard.feed("VOICE_STATE_UPDATE", payload)
         if (
             isinstance(update, VoiceStateUpdate)
             and update.user_id == self.shard.user_id
@@ -247,7 +252,7 @@ class RxVoiceProtocol:
 
     async def on_voice_server_update(self, data: Any, /) -> None:
         """The guild's ``VOICE_SERVER_UPDATE`` (the library forwards it)."""
-        self.shard.feed("VOICE_SERVER_UPDATE", data)
+        self.shard.feed("VOICE_SERVER_UPDATE", _payload(data, _SERVER_FIELDS))
 
     async def disconnect(self, *, force: bool = False) -> None:
         """Leave the channel (op 4), close the connection and :meth:`cleanup`.
@@ -279,7 +284,7 @@ class RxVoiceProtocol:
         self._cleaned_up = True
         self.stop()
         if self.guild.voice_client is self:  # a newer voice client is not ours to remove
-            type(self).library.VoiceProtocol.cleanup(self)
+            _voice_protocol(type(self).library).cleanup(self)
         self.connection.force_close()
         self.shard.close()
         with contextlib.suppress(RuntimeError):  # no running loop: nobody to complete for
@@ -483,6 +488,29 @@ class RxVoiceProtocol:
             self.cleanup()
 
 
+def _payload(data: Any, fields: tuple[str, ...], **known: object) -> object:
+    """The dispatch as the gateway sent it: a dict, or (py-cord 2.7+) an object with attributes."""
+    if isinstance(data, dict):
+        return data
+    return {**known, **{name: getattr(data, name) for name in fields if hasattr(data, name)}}
+
+
+@functools.cache
+def _voice_package_protocol(library: ModuleType) -> type | None:
+    """py-cord 2.7+'s ``discord.voice.VoiceProtocol`` (``discord.VoiceProtocol`` is deprecated)."""
+    try:
+        voice = importlib.import_module(f"{library.__name__}.voice")
+    except ImportError:
+        return None  # discord.py, disnake, nextcord
+    base = getattr(voice, "VoiceProtocol", None)
+    return base if isinstance(base, type) else None
+
+
+def _voice_protocol(library: ModuleType) -> Any:
+    """The library's ``VoiceProtocol`` class."""
+    return _voice_package_protocol(library) or getattr(library, "VoiceProtocol", None)
+
+
 def _check_options(options: dict[str, Any]) -> None:
     reserved = sorted(_RESERVED.intersection(options))
     if reserved:
@@ -509,11 +537,11 @@ def voice_client_class(library: ModuleType) -> type[RxVoiceProtocol]:
         >>> RxVoiceClient = voice_client_class(disnake)
         >>> vc = await channel.connect(cls=RxVoiceClient)
     """
-    if library.__name__ == "discord":
-        from rxvoice.discordpy import RxVoiceClient
+    if library.__name__ == "discord" and _voice_package_protocol(library) is None:
+        from rxvoice.discordpy import RxVoiceClient  # discord.py's, statically typed
 
         return RxVoiceClient
-    base = getattr(library, "VoiceProtocol", None)
+    base = _voice_protocol(library)
     if not isinstance(base, type):
         raise UsageError(f"{library.__name__} has no VoiceProtocol class")
     cls = type("RxVoiceClient", (RxVoiceProtocol, base), {"library": library})

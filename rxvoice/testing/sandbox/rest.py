@@ -2,10 +2,12 @@
 
 Bot libraries log in over REST before they open the main gateway. discord.py
 (and py-cord, nextcord) fetch the bot user (``GET /users/@me``) and the
-application (``GET /oauth2/applications/@me``); disnake asks ``GET /gateway``
-for the gateway URL; sharded clients ask ``GET /gateway/bot``. The sandbox
-answers exactly these, under ``/api/v<N>/``, on the main gateway's port and TLS
-certificate, so ``api_url`` is ``https://127.0.0.1:PORT/api/v10``:
+application (``GET /oauth2/applications/@me``); disnake and py-cord ask
+``GET /gateway`` for the gateway URL; sharded clients ask ``GET /gateway/bot``;
+py-cord loads ``GET /soundboard-default-sounds`` before its ready event (an
+empty list here). The sandbox answers exactly these, under ``/api/v<N>/``, on
+the main gateway's port and TLS certificate, so ``api_url`` is
+``https://127.0.0.1:PORT/api/v10``:
 
 - every route needs ``Authorization: Bot <token>`` with a token of a sandbox bot
   (401 otherwise, as Discord answers a bad token);
@@ -48,11 +50,11 @@ class RestReply:
 
     Attributes:
         status: The HTTP status.
-        body: The JSON body (an object).
+        body: The JSON body.
     """
 
     status: HTTPStatus
-    body: dict[str, Any]
+    body: object
 
 
 def _error(status: HTTPStatus) -> RestReply:
@@ -105,11 +107,12 @@ class RestApi:
     def _route(self, method: str, path: str, authorization: str | None) -> RestReply:
         match = _ROUTE.match(path)
         route = match.group(1).rstrip("/") if match else None
-        handlers: dict[str, Callable[[Bot], dict[str, Any]]] = {
+        handlers: dict[str, Callable[[Bot], object]] = {
             "/users/@me": self._me,
             "/oauth2/applications/@me": self._application,
             "/gateway": self._gateway_url,
             "/gateway/bot": self._gateway_bot,
+            "/soundboard-default-sounds": lambda _: [],
         }
         handler = handlers.get(route) if route is not None else None
         if handler is None:
