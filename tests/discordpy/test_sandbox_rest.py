@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import ssl
 import sys
@@ -35,6 +36,10 @@ async def test_rest_routes_answer_like_discord(sandbox: Sandbox) -> None:
 
         status, me = await get("/users/@me", headers=token)
         assert status == 200 and me["id"] == sandbox.bot_user_id and me["bot"] is True
+        # Tokens are shaped like Discord's: the user id in base64, then two parts.
+        prefix, *rest = sandbox.bot_token.split(".")
+        assert base64.urlsafe_b64decode(prefix + "==").decode() == sandbox.bot_user_id
+        assert len(rest) == 2
         status, app = await get("/oauth2/applications/@me", headers=token)
         assert status == 200 and app["id"] == sandbox.bot_user_id
         assert app["owner"]["id"] == sandbox.bot_user_id
@@ -60,6 +65,7 @@ async def test_rest_routes_answer_like_discord(sandbox: Sandbox) -> None:
 
 
 async def test_gateway_speaks_zlib_stream(sandbox: Sandbox) -> None:
+    speaker = await sandbox.add_speaker(talk=False)
     url = sandbox.gateway_url + "&compress=zlib-stream"
     inflate = zlib.decompressobj()
     async with websockets.connect(url, ssl=sandbox.client_ssl()) as ws:
@@ -78,6 +84,9 @@ async def test_gateway_speaks_zlib_stream(sandbox: Sandbox) -> None:
         guild = (await recv())["d"]
         assert [c["id"] for c in guild["channels"]] == sandbox.channel_ids
         assert all(c["type"] == 2 for c in guild["channels"])
+        # Whoever is in voice is listed, and is a member of the guild too.
+        assert [v["user_id"] for v in guild["voice_states"]] == [speaker.user_id]
+        assert speaker.user_id in {m["user"]["id"] for m in guild["members"]}
 
 
 async def test_gateway_refuses_zstd_stream(sandbox: Sandbox) -> None:

@@ -21,6 +21,7 @@ Dispatches carry ``s`` (a per-connection sequence number) and ``t``.
 
 from __future__ import annotations
 
+import base64
 import collections
 import datetime
 import json
@@ -128,7 +129,11 @@ class MainGateway:
     def add_bot(self, name: str | None = None) -> Bot:
         """Create a bot account (a new token and user id)."""
         user_id = new_snowflake()
-        bot = Bot(user_id=user_id, token=secrets.token_urlsafe(32), name=name or f"bot-{user_id}")
+        # Shaped like Discord's: base64 of the user id, a timestamp part, an HMAC
+        # part (some libraries, e.g. hikari, read the user id from the token).
+        prefix = base64.urlsafe_b64encode(user_id.encode()).decode().rstrip("=")
+        token = f"{prefix}.{secrets.token_urlsafe(4)}.{secrets.token_urlsafe(27)}"
+        bot = Bot(user_id=user_id, token=token, name=name or f"bot-{user_id}")
         self.bots[bot.token] = bot
         return bot
 
@@ -175,6 +180,11 @@ class MainGateway:
             "bot": bot,
             "flags": 0,
         }
+
+    def me_object(self, bot: Bot) -> dict[str, Any]:
+        """The bot's own user object, as READY and ``GET /users/@me`` carry it."""
+        user = self.user_object(bot.user_id, bot.name, bot=True)
+        return {**user, "verified": True, "mfa_enabled": False, "locale": "en-US"}
 
     def _voice_state(
         self, user_id: str, channel_id: str | None, session_id: str, *, bot: bool
@@ -290,7 +300,7 @@ class MainGateway:
             "READY",
             {
                 "v": 10,
-                "user": self.user_object(bot.user_id, bot.name, bot=True),
+                "user": self.me_object(bot),
                 "guilds": [{"id": guild_id, "unavailable": True}],
                 "session_id": conn.session_id,
                 "resume_gateway_url": self.gateway_url,
@@ -317,6 +327,7 @@ class MainGateway:
             "splash": None,
             "discovery_splash": None,
             "owner_id": bot.user_id,
+            "application_id": None,
             "afk_channel_id": None,
             "afk_timeout": 300,
             "verification_level": 0,
@@ -345,6 +356,16 @@ class MainGateway:
             "features": [],
             "mfa_level": 0,
             "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "public_updates_channel_id": None,
+            "safety_alerts_channel_id": None,
+            "description": None,
+            "banner": None,
+            "vanity_url_code": None,
+            "max_members": 500000,
+            "premium_subscription_count": 0,
+            "premium_progress_bar_enabled": False,
             "premium_tier": 0,
             "preferred_locale": "en-US",
             "nsfw_level": 0,
@@ -377,7 +398,9 @@ class MainGateway:
                     "deaf": False,
                     "mute": False,
                     "flags": 0,
-                }
+                },
+                # Everyone in voice is a member the guild lists too, as Discord does.
+                *(state["member"] for state in voice_states),
             ],
             "voice_states": voice_states,
             "presences": [],

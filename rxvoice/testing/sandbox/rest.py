@@ -132,8 +132,7 @@ class RestApi:
         return self._gateway.bots.get(authorization.removeprefix("Bot ").strip())
 
     def _me(self, bot: Bot) -> dict[str, Any]:
-        user = self._gateway.user_object(bot.user_id, bot.name, bot=True)
-        return {**user, "verified": True, "mfa_enabled": False, "locale": "en-US"}
+        return self._gateway.me_object(bot)
 
     def _application(self, bot: Bot) -> dict[str, Any]:
         # A bot's application id is its user id (true of every application since 2018).
