@@ -7,7 +7,8 @@ It speaks the part of the gateway that a voice bot needs (protocol.md §2, §7.1
   one) and a ``GUILD_CREATE`` for the sandbox guild (its voice channels, roles,
   the bot as member, everyone's voice states: enough for discord.py's and
   disnake's caches), op 1 Heartbeat → op 11 ACK;
-- ``compress=zlib-stream`` transport compression, as bot libraries ask for it;
+- transport compression as bot libraries ask for it: ``compress=zlib-stream``,
+  and ``zstd-stream`` where the sandbox's Python has zstd (3.14+ or ``zstandard``);
 - op 4 Update Voice State → ``VOICE_STATE_UPDATE`` then ``VOICE_SERVER_UPDATE``
   (a fresh voice token, ``endpoint`` = ``host:port`` without a scheme);
   ``channel_id: null`` → ``VOICE_STATE_UPDATE`` with a null channel and the
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import datetime
+import importlib
 import json
 import logging
 import secrets
@@ -81,8 +84,8 @@ class _GatewayConn:
     session_id: str = ""
     seq: int = 0
     closing: bool = False
-    # Transport compression (compress=zlib-stream): one stream for the whole connection.
-    deflate: Any = None
+    # Transport compression (compress=zlib-stream or zstd-stream): one stream per connection.
+    compress: Callable[[bytes], bytes] | None = None
 
 
 class MainGateway:
@@ -151,13 +154,10 @@ class MainGateway:
         if conn.closing:
             return
         text = json.dumps(payload, separators=(",", ":"))
-        if conn.deflate is None:
+        if conn.compress is None:
             conn.link.send(text)
         else:
-            # zlib-stream: each payload is flushed, so it ends with 00 00 FF FF.
-            conn.link.send(
-                conn.deflate.compress(text.encode()) + conn.deflate.flush(zlib.Z_SYNC_FLUSH)
-            )
+            conn.link.send(conn.compress(text.encode()))
 
     def _dispatch(self, conn: _GatewayConn, event: str, data: object) -> None:
         conn.seq += 1
@@ -223,8 +223,8 @@ class MainGateway:
         """Run one gateway connection (the ``websockets`` handler)."""
         link = WebSocketLink(ws)
         conn = _GatewayConn(link)
-        if ws.request is not None and _compression(ws.request) == "zlib-stream":
-            conn.deflate = zlib.compressobj()
+        if ws.request is not None:
+            conn.compress = _stream_compressor(_compression(ws.request))
         self._send(conn, {"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval}})
         try:
             async for frame in ws:
@@ -523,17 +523,51 @@ def _compression(request: Request) -> str | None:
     return parse_qs(urlsplit(request.path).query).get("compress", [None])[0]
 
 
+def _stream_compressor(kind: str | None) -> Callable[[bytes], bytes] | None:
+    """A compressor for one connection's transport compression; each payload is flushed."""
+    if kind == "zlib-stream":
+        deflate = zlib.compressobj()
+        # A sync flush: every payload ends with 00 00 FF FF, as clients expect.
+        return lambda data: deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    if kind == "zstd-stream":
+        return _zstd_compressor()
+    return None
+
+
+def _zstd_compressor() -> Callable[[bytes], bytes] | None:
+    """zstd-stream with Python 3.14's ``compression.zstd``, else ``zstandard``; None without."""
+    with contextlib.suppress(ImportError):
+        zstd = importlib.import_module("compression.zstd")
+        compressor = zstd.ZstdCompressor()
+        block = zstd.ZstdCompressor.FLUSH_BLOCK
+        return lambda data: bytes(compressor.compress(data, mode=block))
+    with contextlib.suppress(ImportError):
+        zstandard = importlib.import_module("zstandard")
+        stream = zstandard.ZstdCompressor().compressobj()
+        flush = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        return lambda data: bytes(stream.compress(data) + stream.flush(flush))
+    return None
+
+
 def check_gateway_request(ws: ServerConnection, request: Request) -> Response | None:
     """Refuse encodings and compression the stub does not speak.
 
-    It speaks ``encoding=json``, uncompressed or with ``compress=zlib-stream``
-    transport compression (what discord.py and disnake ask for).
+    It speaks ``encoding=json``, uncompressed or with transport compression:
+    ``compress=zlib-stream``, or ``compress=zstd-stream`` when the sandbox runs
+    on Python 3.14+ or has ``zstandard`` (discord.py asks for zstd-stream when
+    its side has either).
     """
     query = parse_qs(urlsplit(request.path).query)
     if query.get("encoding", ["json"])[0] != "json":
         return ws.respond(HTTPStatus.BAD_REQUEST, "the sandbox gateway speaks encoding=json only\n")
-    if _compression(request) not in (None, "zlib-stream"):
+    kind = _compression(request)
+    if kind == "zstd-stream" and _zstd_compressor() is None:
         return ws.respond(
-            HTTPStatus.BAD_REQUEST, "the sandbox gateway speaks compress=zlib-stream only\n"
+            HTTPStatus.BAD_REQUEST,
+            "compress=zstd-stream needs Python 3.14 or the zstandard package in the sandbox\n",
+        )
+    if kind not in (None, "zlib-stream", "zstd-stream"):
+        return ws.respond(
+            HTTPStatus.BAD_REQUEST, "the sandbox gateway speaks zlib-stream or zstd-stream only\n"
         )
     return None
