@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 # Connection arguments the voice client sets itself.
 _RESERVED = frozenset(
     {"guild_id", "channel_id", "user_id", "shard", "session_id", "token", "endpoint"}
-    | {"self_mute", "self_deaf"}
 )
 _STATE_FIELDS = ("guild_id", "channel_id", "user_id", "session_id")
 _SERVER_FIELDS = ("guild_id", "token", "endpoint")
@@ -143,7 +142,7 @@ class RxVoiceProtocol:
 
         Raises:
             UsageError: For an argument the voice client sets itself (ids,
-                credentials, shard, ``self_mute``/``self_deaf``).
+                credentials, shard).
 
         Example:
             >>> voice = RxVoiceClient.with_options(ssl=ctx)   # doctest: +SKIP
@@ -209,8 +208,8 @@ class RxVoiceProtocol:
             timeout: Seconds for the whole join.
             reconnect: ``False``: the first drop ends the connection (no
                 resume, no reconnect, no move).
-            self_deaf: Sent with op 4.
-            self_mute: Sent with op 4.
+            self_deaf: Sent with op 4 (also when given to :meth:`with_options`).
+            self_mute: Sent with op 4 (also when given to :meth:`with_options`).
 
         Raises:
             TimeoutError: If the join took longer than ``timeout``.
@@ -218,7 +217,8 @@ class RxVoiceProtocol:
                 (:class:`~rxvoice.errors.DaveRequired` for 4017).
         """
         conn = self.connection
-        conn.self_deaf, conn.self_mute = self_deaf, self_mute
+        # Either asks: with_options() (disnake and nextcord do not pass these) or connect().
+        conn.self_deaf, conn.self_mute = conn.self_deaf or self_deaf, conn.self_mute or self_mute
         if not reconnect:
             conn.max_reconnect_attempts = 0
         try:

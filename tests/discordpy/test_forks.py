@@ -27,8 +27,10 @@ async def test_a_disnake_bot_hears_two_speakers_and_leaves(sandbox: Sandbox, log
     channel = client.get_channel(int(sandbox.channel_id))
     assert isinstance(channel, disnake.VoiceChannel)
     cls = voice_client_class(disnake)
-    vc = await channel.connect(cls=cls.with_options(ssl=sandbox.client_ssl()))
+    # disnake's connect() has no self_deaf: with_options() carries it to op 4.
+    vc = await channel.connect(cls=cls.with_options(ssl=sandbox.client_ssl(), self_deaf=True))
     assert isinstance(vc, disnake.VoiceProtocol) and isinstance(vc, cls)
+    assert vc.connection.self_deaf and not vc.connection.self_mute
     assert vc.is_connected() and channel.guild.voice_client is vc and vc.channel is channel
     for speaker in (alice, bob):
         await until_in_group(vc.connection, speaker.user_id)
