@@ -2,9 +2,13 @@
 
 :class:`Sandbox` runs, on loopback and in the current event loop:
 
-- a **main-gateway stub** (gateway v10, JSON, over TLS): Hello, Identify,
-  READY, heartbeats, and op 4 answered with ``VOICE_STATE_UPDATE`` and
-  ``VOICE_SERVER_UPDATE``;
+- a **main-gateway stub** (gateway v10, JSON, optionally ``zlib-stream``
+  compressed, over TLS): Hello, Identify, READY and ``GUILD_CREATE`` (the
+  guild, its voice channels and voice states), heartbeats, and op 4 answered
+  with ``VOICE_STATE_UPDATE`` and ``VOICE_SERVER_UPDATE``;
+- the **REST routes** bot libraries call at start-up (``api_url``, on the main
+  gateway's port): the bot user, the application, the gateway URL, so a stock
+  discord.py or disnake client logs in (:mod:`rxvoice.testing.sandbox.rest`);
 - a **voice gateway v8** (over TLS): the handshake, heartbeats with
   ``seq_ack``, numbered messages and resume with replay, the roster (op 11 /
   13), speaking relay, the error closes, and DAVE through a delivery service
@@ -40,10 +44,12 @@ import logging
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Self
 
-from websockets.asyncio.server import Server, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from rxvoice.errors import UsageError
 from rxvoice.protocol.crypto import EncryptionMode
@@ -51,6 +57,7 @@ from rxvoice.testing.sandbox.dave import DaveDeliveryService
 from rxvoice.testing.sandbox.faults import FaultInjector, Faults
 from rxvoice.testing.sandbox.gateway import MainGateway, check_gateway_request
 from rxvoice.testing.sandbox.relay import Relay
+from rxvoice.testing.sandbox.rest import API_PREFIX, RestApi
 from rxvoice.testing.sandbox.speakers import SentFrame, Speaker
 from rxvoice.testing.sandbox.tls import SandboxTls
 from rxvoice.testing.sandbox.voice import (
@@ -122,6 +129,9 @@ class Sandbox:
         faults: Fault knobs (see :class:`Faults`); :meth:`set_faults` changes them.
         guild_id: The guild id; random when omitted.
         channel_id: The voice channel id; random when omitted.
+        channels: Voice channels in the guild (``channel_ids``; the first is
+            ``channel_id``). Any snowflake works as a call; these are the ones
+            ``GUILD_CREATE`` lists, so a bot library's cache holds them.
     """
 
     def __init__(
@@ -144,9 +154,12 @@ class Sandbox:
         faults: Faults | None = None,
         guild_id: str | None = None,
         channel_id: str | None = None,
+        channels: int = 1,
     ) -> None:
         if require_dave and not dave:
             raise UsageError("require_dave needs dave=True")
+        if channels < 1:
+            raise UsageError("channels must be at least 1")
         if host not in _WILDCARDS and not _is_ipv4(host):
             # Ready.ip must be IPv4 (clients open udp4 sockets, protocol.md §11).
             raise UsageError(f"host must be an IPv4 address, got {host!r}")
@@ -167,6 +180,7 @@ class Sandbox:
         self._injector = FaultInjector(faults)
         self.guild_id = guild_id or new_snowflake()
         self.channel_id = channel_id or new_snowflake()
+        self.channel_ids = [self.channel_id, *(new_snowflake() for _ in range(channels - 1))]
         self._counters: collections.Counter[str] = collections.Counter()
         self._waiters: list[asyncio.Future[None]] = []
         self._speakers: dict[str, Speaker] = {}
@@ -179,9 +193,11 @@ class Sandbox:
         self._tick: asyncio.Task[None] | None = None
         self._voice: VoiceServer | None = None
         self._gateway: MainGateway | None = None
+        self._rest: RestApi | None = None
         self._bot_token = ""
         self.bot_user_id = ""
         self.gateway_url = ""
+        self.api_url = ""
         self.voice_endpoint = ""
 
     def __repr__(self) -> str:
@@ -267,16 +283,25 @@ class Sandbox:
             self._serve_gateway,
             self.host,
             self._port,
-            process_request=check_gateway_request,
+            process_request=self._gateway_request,
             **common,
         )
         self._servers.append(gateway_ws)
-        self.gateway_url = f"wss://{advertised}:{_bound_port(gateway_ws)}/?v=10&encoding=json"
+        origin = f"{advertised}:{_bound_port(gateway_ws)}"
+        self.gateway_url = f"wss://{origin}/?v=10&encoding=json"
+        self.api_url = f"https://{origin}/api/v10"
         self._gateway = MainGateway(
             voice=voice,
             voice_endpoint=self.voice_endpoint,
             gateway_url=self.gateway_url,
             heartbeat_interval=self._gateway_heartbeat_interval,
+            counters=self._counters,
+            on_change=self._changed,
+            channel_ids=self.channel_ids,
+        )
+        self._rest = RestApi(
+            gateway=self._gateway,
+            gateway_base_url=f"wss://{origin}",
             counters=self._counters,
             on_change=self._changed,
         )
@@ -290,6 +315,14 @@ class Sandbox:
     async def _serve_gateway(self, ws: Any) -> None:
         assert self._gateway is not None
         await self._gateway.serve(ws)
+
+    def _gateway_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        # One port, as Discord's one host: REST under /api/, the gateway elsewhere.
+        if request.path.startswith(API_PREFIX):
+            if self._rest is None:  # a request raced start-up
+                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "starting\n")
+            return self._rest.respond(ws, request)
+        return check_gateway_request(ws, request)
 
     async def stop(self) -> None:
         """Stop everything and delete the temporary certificate files. Idempotent."""

@@ -3,6 +3,7 @@
 It prints exactly one JSON line on stdout, then serves::
 
     {"gateway_url": "wss://127.0.0.1:PORT/?v=10&encoding=json",
+     "api_url": "https://127.0.0.1:PORT/api/v10",
      "bot_token": "...", "bot_user_id": "...", "guild_id": "...", "channel_id": "...",
      "voice": {"endpoint": "127.0.0.1:PORT", "token": "...", "url": "wss://127.0.0.1:PORT/?v=8"},
      "ca_file": "/tmp/rxvoice-sandbox-.../ca.pem", "speakers": ["..."],
@@ -10,7 +11,9 @@ It prints exactly one JSON line on stdout, then serves::
 
 ``voice.token`` is accepted for any user id and session id, so a client that
 speaks only the voice protocol can join with nothing but this line (trust
-``ca_file``, e.g. with ``NODE_EXTRA_CA_CERTS``). Logs go to stderr.
+``ca_file``, e.g. with ``NODE_EXTRA_CA_CERTS``). ``api_url`` serves the REST
+routes bot libraries call at start-up, so a stock discord.py or disnake
+client logs in with ``bot_token`` (docs/sandbox.md). Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ async def _serve(args: argparse.Namespace) -> int:
     async with sandbox:
         line = {
             "gateway_url": sandbox.gateway_url,
+            "api_url": sandbox.api_url,
             "bot_token": sandbox.bot_token,
             "bot_user_id": sandbox.bot_user_id,
             "guild_id": sandbox.guild_id,

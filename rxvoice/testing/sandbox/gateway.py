@@ -3,13 +3,17 @@
 It speaks the part of the gateway that a voice bot needs (protocol.md §2, §7.1):
 
 - op 10 Hello, op 2 Identify (the bot token is checked; 4004 otherwise), the
-  ``READY`` dispatch (``user.id``, ``session_id``, ``resume_gateway_url``) and
-  a small ``GUILD_CREATE`` for the sandbox guild, op 1 Heartbeat → op 11 ACK;
+  ``READY`` dispatch (``user.id``, ``session_id``, ``resume_gateway_url``, ``shard``
+  when identified as one) and a ``GUILD_CREATE`` for the sandbox guild (its voice
+  channels, roles, the bot as member, everyone's voice states: enough for
+  discord.py's and disnake's caches), op 1 Heartbeat → op 11 ACK;
 - sessions that outlive their connection: a drop, or a client close with any
   code but 1000/1001, keeps the session (dispatches are buffered); op 6 Resume
   with its ``session_id`` and ``seq`` replays what was missed and ends with
   ``RESUMED``; an unknown session gets op 9 ``d: false``; a ``seq`` the buffer
   cannot cover gets 4007;
+- transport compression as bot libraries ask for it: ``compress=zlib-stream``,
+  and ``zstd-stream`` where the sandbox's Python has zstd (3.14+ or ``zstandard``);
 - op 4 Update Voice State → ``VOICE_STATE_UPDATE`` then ``VOICE_SERVER_UPDATE``
   (a fresh voice token, ``endpoint`` = ``host:port`` without a scheme);
   ``channel_id: null`` → ``VOICE_STATE_UPDATE`` with a null channel and the
@@ -25,12 +29,16 @@ Dispatches carry ``s`` (a per-session sequence number) and ``t``.
 
 from __future__ import annotations
 
+import base64
 import collections
+import contextlib
 import datetime
+import importlib
 import json
 import logging
 import secrets
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -96,6 +104,8 @@ class _GatewayConn:
     sent: collections.deque[tuple[int, str]] = field(
         default_factory=lambda: collections.deque(maxlen=_REPLAY_LIMIT)
     )
+    # Transport compression (compress=zlib-stream or zstd-stream): one stream per connection.
+    compress: Callable[[bytes], bytes] | None = None
 
 
 class MainGateway:
@@ -110,6 +120,8 @@ class MainGateway:
         heartbeat_interval: Sent in Hello, in milliseconds.
         counters: Shared event counters.
         on_change: Called after every state change.
+        channel_ids: The guild's voice channels in ``GUILD_CREATE``; the voice
+            server's default channel when empty.
     """
 
     def __init__(
@@ -121,8 +133,10 @@ class MainGateway:
         heartbeat_interval: float,
         counters: collections.Counter[str],
         on_change: Callable[[], None],
+        channel_ids: Sequence[str] = (),
     ) -> None:
         self._voice = voice
+        self.channel_ids = tuple(channel_ids) or (voice.default_channel_id,)
         self.voice_endpoint = voice_endpoint
         self.gateway_url = gateway_url
         parts = urlsplit(gateway_url)
@@ -144,7 +158,11 @@ class MainGateway:
     def add_bot(self, name: str | None = None) -> Bot:
         """Create a bot account (a new token and user id)."""
         user_id = new_snowflake()
-        bot = Bot(user_id=user_id, token=secrets.token_urlsafe(32), name=name or f"bot-{user_id}")
+        # Shaped like Discord's: base64 of the user id, a timestamp part, an HMAC
+        # part (some libraries, e.g. hikari, read the user id from the token).
+        prefix = base64.urlsafe_b64encode(user_id.encode()).decode().rstrip("=")
+        token = f"{prefix}.{secrets.token_urlsafe(4)}.{secrets.token_urlsafe(27)}"
+        bot = Bot(user_id=user_id, token=token, name=name or f"bot-{user_id}")
         self.bots[bot.token] = bot
         return bot
 
@@ -160,7 +178,11 @@ class MainGateway:
 
     def _send(self, conn: _GatewayConn, payload: dict[str, Any]) -> None:
         if not conn.closing:
-            conn.link.send(json.dumps(payload, separators=(",", ":")))
+            self._send_text(conn, json.dumps(payload, separators=(",", ":")))
+
+    def _send_text(self, conn: _GatewayConn, text: str) -> None:
+        # Each connection compresses with its own stream (a resumed session's replay too).
+        conn.link.send(text if conn.compress is None else conn.compress(text.encode()))
 
     def _dispatch(self, conn: _GatewayConn, event: str, data: object) -> None:
         # A session without a connection still numbers and keeps its dispatches.
@@ -168,7 +190,7 @@ class MainGateway:
         frame = json.dumps({"op": 0, "t": event, "s": conn.seq, "d": data}, separators=(",", ":"))
         conn.sent.append((conn.seq, frame))
         if not conn.closing:
-            conn.link.send(frame)
+            self._send_text(conn, frame)
 
     def _close(self, conn: _GatewayConn, code: int | None, reason: str) -> None:
         if not conn.closing:
@@ -185,7 +207,8 @@ class MainGateway:
         if conn.bot is not None and self._conns.get(conn.bot.user_id) is conn:
             del self._conns[conn.bot.user_id]
 
-    def _user_object(self, user_id: str, name: str, *, bot: bool) -> dict[str, Any]:
+    def user_object(self, user_id: str, name: str, *, bot: bool) -> dict[str, Any]:
+        """A Discord user object (also what the REST API returns for ``/users/@me``)."""
         return {
             "id": user_id,
             "username": name,
@@ -196,6 +219,11 @@ class MainGateway:
             "flags": 0,
         }
 
+    def me_object(self, bot: Bot) -> dict[str, Any]:
+        """The bot's own user object, as READY and ``GET /users/@me`` carry it."""
+        user = self.user_object(bot.user_id, bot.name, bot=True)
+        return {**user, "verified": True, "mfa_enabled": False, "locale": "en-US"}
+
     def _voice_state(
         self, user_id: str, channel_id: str | None, session_id: str, *, bot: bool
     ) -> dict[str, Any]:
@@ -205,7 +233,7 @@ class MainGateway:
             "channel_id": channel_id,
             "user_id": user_id,
             "member": {
-                "user": self._user_object(user_id, name, bot=bot),
+                "user": self.user_object(user_id, name, bot=bot),
                 "roles": [],
                 "joined_at": self._created,
                 "deaf": False,
@@ -235,6 +263,8 @@ class MainGateway:
         conn = _GatewayConn(link)
         if ws.request is not None and urlsplit(ws.request.path).path == "/resume":
             self._counters["gateway_resume_url_connections"] += 1
+        if ws.request is not None:
+            conn.compress = _stream_compressor(_compression(ws.request))
         self._send(conn, {"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval}})
         try:
             async for frame in ws:
@@ -316,19 +346,20 @@ class MainGateway:
             "READY",
             {
                 "v": 10,
-                "user": self._user_object(bot.user_id, bot.name, bot=True),
+                "user": self.me_object(bot),
                 "guilds": [{"id": guild_id, "unavailable": True}],
                 "session_id": conn.session_id,
                 "resume_gateway_url": self.resume_gateway_url,
                 "application": {"id": bot.user_id, "flags": 0},
                 "private_channels": [],
+                # Echoed when the bot identified as a shard (sharded clients read it).
+                **({"shard": d["shard"]} if isinstance(d.get("shard"), list) else {}),
             },
         )
         self._dispatch(conn, "GUILD_CREATE", self._guild(bot))
 
     def _guild(self, bot: Bot) -> dict[str, Any]:
         guild_id = self._voice.guild_id
-        channel_id = self._voice.default_channel_id
         voice_states = []
         for call in self._voice.calls.values():
             for p in call.members.values():
@@ -342,6 +373,7 @@ class MainGateway:
             "splash": None,
             "discovery_splash": None,
             "owner_id": bot.user_id,
+            "application_id": None,
             "afk_channel_id": None,
             "afk_timeout": 300,
             "verification_level": 0,
@@ -354,6 +386,11 @@ class MainGateway:
                     "permissions": _EVERYONE_PERMISSIONS,
                     "position": 0,
                     "color": 0,
+                    "colors": {
+                        "primary_color": 0,
+                        "secondary_color": None,
+                        "tertiary_color": None,
+                    },
                     "hoist": False,
                     "managed": False,
                     "mentionable": False,
@@ -365,6 +402,16 @@ class MainGateway:
             "features": [],
             "mfa_level": 0,
             "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "public_updates_channel_id": None,
+            "safety_alerts_channel_id": None,
+            "description": None,
+            "banner": None,
+            "vanity_url_code": None,
+            "max_members": 500000,
+            "premium_subscription_count": 0,
+            "premium_progress_bar_enabled": False,
             "premium_tier": 0,
             "preferred_locale": "en-US",
             "nsfw_level": 0,
@@ -377,8 +424,8 @@ class MainGateway:
                     "id": channel_id,
                     "type": 2,  # GUILD_VOICE
                     "guild_id": guild_id,
-                    "name": "Sandbox",
-                    "position": 0,
+                    "name": "Sandbox" if position == 0 else f"Sandbox {position + 1}",
+                    "position": position,
                     "bitrate": 64000,
                     "user_limit": 0,
                     "rtc_region": None,
@@ -386,17 +433,20 @@ class MainGateway:
                     "parent_id": None,
                     "nsfw": False,
                 }
+                for position, channel_id in enumerate(self.channel_ids)
             ],
             "threads": [],
             "members": [
                 {
-                    "user": self._user_object(bot.user_id, bot.name, bot=True),
+                    "user": self.user_object(bot.user_id, bot.name, bot=True),
                     "roles": [],
                     "joined_at": self._created,
                     "deaf": False,
                     "mute": False,
                     "flags": 0,
-                }
+                },
+                # Everyone in voice is a member the guild lists too, as Discord does.
+                *(state["member"] for state in voice_states),
             ],
             "voice_states": voice_states,
             "presences": [],
@@ -482,7 +532,7 @@ class MainGateway:
         self._counters["gateway_resumed"] += 1
         self._counters["gateway_replayed"] += len(missed)
         for frame in missed:
-            conn.link.send(frame)
+            self._send_text(conn, frame)
         self._dispatch(conn, "RESUMED", {})
 
     # -- triggers (what Discord does by itself) ---------------------------------------------
@@ -597,9 +647,55 @@ class MainGateway:
         return True
 
 
+def _compression(request: Request) -> str | None:
+    return parse_qs(urlsplit(request.path).query).get("compress", [None])[0]
+
+
+def _stream_compressor(kind: str | None) -> Callable[[bytes], bytes] | None:
+    """A compressor for one connection's transport compression; each payload is flushed."""
+    if kind == "zlib-stream":
+        deflate = zlib.compressobj()
+        # A sync flush: every payload ends with 00 00 FF FF, as clients expect.
+        return lambda data: deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    if kind == "zstd-stream":
+        return _zstd_compressor()
+    return None
+
+
+def _zstd_compressor() -> Callable[[bytes], bytes] | None:
+    """zstd-stream with Python 3.14's ``compression.zstd``, else ``zstandard``; None without."""
+    with contextlib.suppress(ImportError):
+        zstd = importlib.import_module("compression.zstd")
+        compressor = zstd.ZstdCompressor()
+        block = zstd.ZstdCompressor.FLUSH_BLOCK
+        return lambda data: bytes(compressor.compress(data, mode=block))
+    with contextlib.suppress(ImportError):
+        zstandard = importlib.import_module("zstandard")
+        stream = zstandard.ZstdCompressor().compressobj()
+        flush = zstandard.COMPRESSOBJ_FLUSH_BLOCK
+        return lambda data: bytes(stream.compress(data) + stream.flush(flush))
+    return None
+
+
 def check_gateway_request(ws: ServerConnection, request: Request) -> Response | None:
-    """Refuse encodings and compression the stub does not speak (only JSON, uncompressed)."""
+    """Refuse encodings and compression the stub does not speak.
+
+    It speaks ``encoding=json``, uncompressed or with transport compression:
+    ``compress=zlib-stream``, or ``compress=zstd-stream`` when the sandbox runs
+    on Python 3.14+ or has ``zstandard`` (discord.py asks for zstd-stream when
+    its side has either).
+    """
     query = parse_qs(urlsplit(request.path).query)
-    if query.get("encoding", ["json"])[0] != "json" or "compress" in query:
+    if query.get("encoding", ["json"])[0] != "json":
         return ws.respond(HTTPStatus.BAD_REQUEST, "the sandbox gateway speaks encoding=json only\n")
+    kind = _compression(request)
+    if kind == "zstd-stream" and _zstd_compressor() is None:
+        return ws.respond(
+            HTTPStatus.BAD_REQUEST,
+            "compress=zstd-stream needs Python 3.14 or the zstandard package in the sandbox\n",
+        )
+    if kind not in (None, "zlib-stream", "zstd-stream"):
+        return ws.respond(
+            HTTPStatus.BAD_REQUEST, "the sandbox gateway speaks zlib-stream or zstd-stream only\n"
+        )
     return None
