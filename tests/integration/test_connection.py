@@ -359,10 +359,8 @@ def _library_tasks() -> set[asyncio.Task[object]]:
 
     The shard's own tasks (``rxvoice-shard*``) are left out: it outlives connections.
     """
-    roots = (
-        Path(rxvoice.connection.__file__),
-        Path(rxvoice.connection.__file__).parent / "transport",
-    )
+    package = Path(rxvoice.connection.__file__).parent
+    roots = (Path(rxvoice.connection.__file__), package / "_voice", package / "transport")
     tasks = set()
     for task in asyncio.all_tasks():
         code = getattr(task.get_coro(), "cr_code", None)
