@@ -191,6 +191,28 @@ class SlowCall(Call):
         self.run(late)
 
 
+@dataclass
+class Joiner:
+    """C joins A and B: B seals with the new epoch's keys while C's welcome is on its way."""
+
+    call: SlowCall
+    b: DaveManager
+    c: DaveManager
+    rx: VoiceReceiver  # C's
+
+
+def joiner() -> Joiner:
+    call = SlowCall()
+    call.join(A)
+    b = call.join(B)
+    call.late = C
+    c = call.join(C)
+    assert b.epoch == 2 and not c.ready
+    rx = VoiceReceiver(CIPHER, c)
+    rx.map(2, B, T0)
+    return Joiner(call, b, c, rx)
+
+
 def dave_receiver(dave: DaveManager, **options: Any) -> VoiceReceiver:
     rx = VoiceReceiver(CIPHER, dave, **options)
     rx.map(2, B, T0)
@@ -209,19 +231,12 @@ def test_the_dave_layer_is_removed_with_the_senders_key():
 
 
 def test_a_frame_sealed_with_keys_we_do_not_have_yet_opens_once_they_come():
-    call = SlowCall()
-    call.join(A)
-    b = call.join(B)
-    call.late = C  # C's welcome is on its way
-    c = call.join(C)
-    assert b.epoch == 2 and not c.ready
-    rx = VoiceReceiver(CIPHER, c)
-    rx.map(2, B, T0)
-    ahead = b.encrypt(OPUS)
-    assert rx.receive([packet(1, 2, ahead)], T0) == Received()
+    j = joiner()
+    rx = j.rx
+    assert rx.receive([packet(1, 2, j.b.encrypt(OPUS))], T0) == Received()
     assert rx.next_deadline() == T0 + 2.0  # the retry window
     assert rx.poll(T0 + 0.1) == Received()  # same keys: nothing to retry
-    call.catch_up()  # the welcome: new keys
+    j.call.catch_up()  # the welcome: new keys
     out = rx.poll(T0 + 0.2)
     assert [(f.opus, f.received_at) for f in out.raw] == [(OPUS, T0)]
     assert seqs(out.ordered) == [1]
@@ -230,16 +245,10 @@ def test_a_frame_sealed_with_keys_we_do_not_have_yet_opens_once_they_come():
 
 
 def test_new_keys_are_noticed_by_the_next_batch_too():
-    call = SlowCall()
-    call.join(A)
-    b = call.join(B)
-    call.late = C
-    c = call.join(C)
-    rx = VoiceReceiver(CIPHER, c)
-    rx.map(2, B, T0)
-    rx.receive([packet(1, 2, b.encrypt(OPUS))], T0)
-    call.catch_up()
-    out = rx.receive([packet(2, 2, b.encrypt(OPUS))], T0 + 0.02)
+    j = joiner()
+    j.rx.receive([packet(1, 2, j.b.encrypt(OPUS))], T0)
+    j.call.catch_up()
+    out = j.rx.receive([packet(2, 2, j.b.encrypt(OPUS))], T0 + 0.02)
     assert seqs(out.raw) == [1, 2]  # the retried frame first: it arrived first
 
 
@@ -268,19 +277,13 @@ def test_a_retry_that_fails_again_counts_as_failed():
 
 
 def test_keys_that_come_after_the_window_are_not_tried():
-    call = SlowCall()
-    call.join(A)
-    b = call.join(B)
-    call.late = C
-    c = call.join(C)
-    rx = VoiceReceiver(CIPHER, c)
-    rx.map(2, B, T0)
-    rx.receive([packet(1, 2, b.encrypt(OPUS))], T0)
-    call.catch_up()
-    decrypted = c.stats.decrypted
-    out = rx.receive([], T0 + 2.5)
+    j = joiner()
+    j.rx.receive([packet(1, 2, j.b.encrypt(OPUS))], T0)
+    j.call.catch_up()
+    decrypted = j.c.stats.decrypted
+    out = j.rx.receive([], T0 + 2.5)
     assert kinds(out) == [DiagnosticKind.DAVE_DECRYPT_FAILED] and out.raw == []
-    assert c.stats.decrypted == decrypted  # too old to be worth a try
+    assert j.c.stats.decrypted == decrypted  # too old to be worth a try
 
 
 def test_the_retry_queue_is_bounded():
