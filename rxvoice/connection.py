@@ -297,7 +297,7 @@ class Connection:
 
     @property
     def on_heartbeat(self) -> Observable[float]:
-        """Heartbeat round-trip times in milliseconds, one per ACK."""
+        """Heartbeat round-trip times in seconds, one per ACK."""
         return self._on_heartbeat
 
     @property

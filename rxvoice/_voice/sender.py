@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING
 
+from rxvoice.audio.opus import FRAME_DURATION, SAMPLES_PER_FRAME
 from rxvoice.errors import UsageError
 from rxvoice.events import ConnectionState, SpeakingFlags
 from rxvoice.protocol.gateway import Speaking
@@ -15,11 +16,10 @@ if TYPE_CHECKING:
     from rxvoice._voice.session import Session
     from rxvoice.connection import Connection
 
-__all__ = ["FRAME_DURATION", "SAMPLES_PER_FRAME", "SILENCE_FRAMES_ON_STOP", "Sender"]
+__all__ = ["SILENCE_FRAMES_ON_STOP", "Sender"]
 
-FRAME_DURATION = 0.020
-SAMPLES_PER_FRAME = 960
 SILENCE_FRAMES_ON_STOP = 5
+"""Silence frames sent at the end of a talk spurt (no Opus interpolation artefacts)."""
 
 
 class Sender:
