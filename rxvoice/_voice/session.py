@@ -143,23 +143,17 @@ class Session:
         self._arm()
 
     def _deliver(self, received: Received) -> None:
-        """Emit what the receiver produced (nothing is built for a stream nobody watches)."""
+        """Emit what the receiver produced (nothing is emitted to a stream nobody watches)."""
         conn = self.conn
         if received.raw:
-            raw = conn._on_raw_audio_frame
-            if raw.observers:
-                for frame in received.raw:
-                    raw.on_next(frame)
-        if received.ordered:
-            ordered = conn._on_audio_frame
-            if ordered.observers:
-                # Gap markers are not emitted: on_audio_frame carries frames
-                # only, and a decoder sees a loss from the sequence numbers.
-                for item in received.ordered:
-                    if type(item) is AudioFrame:
-                        ordered.on_next(item)
-        for diagnostic in received.diagnostics:
-            conn._on_diagnostic.on_next(diagnostic)
+            conn._on_raw_audio_frame.on_next_all(received.raw)
+        if received.ordered and conn._on_audio_frame.observers:
+            # Gap markers are not emitted: on_audio_frame carries frames only,
+            # and a decoder sees a loss from the sequence numbers.
+            frames = [item for item in received.ordered if isinstance(item, AudioFrame)]
+            conn._on_audio_frame.on_next_all(frames)
+        if received.diagnostics:
+            conn._on_diagnostic.on_next_all(received.diagnostics)
 
     def _arm(self) -> None:
         """One timer for the receiver, at its next deadline."""

@@ -706,6 +706,22 @@ async def test_credentials_are_not_reused_after_a_leave(sandbox: Sandbox, join: 
     assert all(c.code != 4004 for c in closes.items)
 
 
+async def test_close_returns_once_every_task_it_cancelled_has_ended(
+    sandbox: Sandbox, join: Join
+) -> None:
+    speaker = await sandbox.add_speaker(talk=False)
+    conn = await join()
+    frames = Recorder(conn.on_audio_frame)
+    await speaker.talk(3)
+    await frames.wait_for(count(3))
+    running = _library_tasks()
+    assert running  # the run, the heartbeat...
+    await conn.close()
+    assert all(task.done() for task in running)  # no loop turn needed after close()
+    assert _library_tasks() == set()
+    assert frames.completed
+
+
 async def test_connect_after_close_is_a_usage_error(join: Join) -> None:
     conn = await join()
     await conn.close()
