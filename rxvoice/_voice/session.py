@@ -130,9 +130,7 @@ class Session:
     def on_datagrams(self, batch: list[bytes]) -> None:
         """Datagrams from the UDP socket: through the receiver, then to the streams."""
         conn = self.conn
-        receiver = self.receiver
-        receiver.diagnose = bool(conn._on_diagnostic.observers)
-        self._deliver(receiver.receive(batch, asyncio.get_running_loop().time()))
+        self._deliver(self._receiver().receive(batch, asyncio.get_running_loop().time()))
         dave = self.dave
         if dave is not None and dave.has_output:
             # Failures past the tolerance re-initialised DAVE (op 31): send it
@@ -141,6 +139,12 @@ class Session:
             if (flush is None or flush.done()) and conn.web_socket.is_open:
                 self._dave_flush = self.spawn(self.flush_dave())
         self._arm()
+
+    def _receiver(self) -> VoiceReceiver:
+        """The receiver, told whether anyone listens to diagnostics (else none are built)."""
+        receiver = self.receiver
+        receiver.diagnose = bool(self.conn._on_diagnostic.observers)
+        return receiver
 
     def _deliver(self, received: Received) -> None:
         """Emit what the receiver produced (nothing is emitted to a stream nobody watches)."""
@@ -168,7 +172,7 @@ class Session:
     def _on_timer(self) -> None:
         at, self._timer, self._timer_at = self._timer_at, None, _NEVER
         # The loop may run a timer a clock tick early: it is due all the same.
-        self._deliver(self.receiver.poll(max(asyncio.get_running_loop().time(), at)))
+        self._deliver(self._receiver().poll(max(asyncio.get_running_loop().time(), at)))
         self._arm()
 
     # -- gateway messages ---------------------------------------------------------------
@@ -207,7 +211,7 @@ class Session:
                 self.speaking = SpeakingFlags.NONE  # a resume keeps all but that
                 self.run.became_ready(new_session=False)
             case Speaking(user_id=str(user_id), ssrc=ssrc, speaking=flags):
-                self._deliver(self.receiver.map(ssrc, user_id, now))
+                self._deliver(self._receiver().map(ssrc, user_id, now))
                 self._arm()
                 conn._on_speaking.on_next(SpeakingEvent(user_id, ssrc, SpeakingFlags(flags)))
             case ClientsConnect(user_ids=user_ids):
@@ -220,7 +224,7 @@ class Session:
                 self.users.discard(user_id)
                 if self.dave is not None:
                     self.dave.remove_user(user_id)
-                self._deliver(self.receiver.forget_user(user_id))
+                self._deliver(self._receiver().forget_user(user_id))
                 conn._on_client_disconnect.on_next(ClientDisconnect(user_id))
             case _:
                 if self.dave is not None:
@@ -252,7 +256,7 @@ class Session:
         for transition in out.transitions:
             conn._on_dave_epoch_transition.on_next(transition)
         if self.run.session is self:
-            self._deliver(self.receiver.poll(asyncio.get_running_loop().time()))
+            self._deliver(self._receiver().poll(asyncio.get_running_loop().time()))
             self._arm()
 
     async def _on_ready(self, ready: Ready) -> None:
