@@ -143,7 +143,12 @@ def _attach_session(conn: Connection, rtp: RtpCrypto, dave: DaveManager) -> Sess
 
 
 async def _receive_path_us(repeat: int) -> float:
-    """Connection._on_datagrams on bursts of DAVE packets (no sockets), per packet."""
+    """Connection._on_datagrams on bursts of DAVE packets (no sockets), per packet.
+
+    Everything a packet goes through: classify, transport and DAVE decryption,
+    SSRC attribution, the AudioFrame, the jitter buffer, the emission on
+    ``on_audio_frame`` (``on_raw_audio_frame`` has no subscriber: nothing is built).
+    """
     users = [str(2000 + i) for i in range(DAVE_SPEAKERS)]
     managers = established_group(["1000", *users])
     key = os.urandom(32)
@@ -169,13 +174,18 @@ async def _receive_path_us(repeat: int) -> float:
         frames += 1
 
     conn.on_audio_frame.subscribe(count)
-    start = time.perf_counter()
-    for burst in bursts:
-        conn._on_datagrams(burst)
-    elapsed = time.perf_counter() - start
+    # Best of chunks of 20 bursts, like the other rows' best of runs (DAVE
+    # frames cannot be replayed, so each chunk has its own).
+    best = float("inf")
+    for start in range(0, len(bursts), 20):
+        chunk = bursts[start : start + 20]
+        began = time.perf_counter()
+        for burst in chunk:
+            conn._on_datagrams(burst)
+        best = min(best, (time.perf_counter() - began) / (len(chunk) * DAVE_SPEAKERS))
     assert frames == DAVE_SPEAKERS * len(bursts), frames
     conn.force_close()
-    return elapsed / frames * 1e6
+    return best * 1e6
 
 
 def _sender(port: int, seconds: float, ready: multiprocessing.synchronize.Event) -> None:
