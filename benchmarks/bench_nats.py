@@ -41,7 +41,11 @@ def report(name: str, value: float, unit: str) -> None:
 
 def tick_frames(tick: int) -> list[AudioFrame]:
     return [
-        AudioFrame(user, u, build_header(tick % 65536, tick * 960 % 2**32, u) + OPUS, tick * 0.02)
+        AudioFrame.from_packet(
+            build_header(tick % 65536, tick * 960 % 2**32, u) + OPUS,
+            user_id=user,
+            received_at=tick * 0.02,
+        )
         for u, user in enumerate(USERS)
     ]
 

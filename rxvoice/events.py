@@ -10,12 +10,13 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from rxvoice.protocol.rtp import RtpHeader, build_header
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
 __all__ = [
-    "RTP_HEADER_SIZE",
     "AudioFrame",
     "AudioGap",
     "AudioLevel",
@@ -24,14 +25,13 @@ __all__ = [
     "ConnectionState",
     "DaveEpochTransition",
     "Diagnostic",
+    "DiagnosticKind",
     "Disconnected",
     "PcmChunk",
     "SpeakingEvent",
     "SpeakingFlags",
     "VoiceActivityChange",
 ]
-
-RTP_HEADER_SIZE = 12
 
 
 class SpeakingFlags(enum.IntFlag):
@@ -61,34 +61,74 @@ class ConnectionState(enum.Enum):
 class AudioFrame:
     """One received audio packet with every encryption layer removed.
 
+    The receiver parses the RTP header once and keeps its fields; :attr:`frame`
+    (the reference API's shape: header and Opus in one buffer) is built on
+    first use and kept.
+
     Attributes:
         user_id: The sending user, or ``None`` when the SSRC is not mapped yet.
         ssrc: The RTP synchronisation source of the sender.
-        frame: The decrypted RTP packet: a 12-byte RTP header (no CSRCs, no
-            extension) followed by the Opus payload. Never ciphertext.
+        sequence: The RTP sequence number (16-bit).
+        timestamp: The RTP timestamp (32-bit, 48 kHz units).
+        opus: The Opus payload, both encryption layers removed. Never ciphertext.
         received_at: When the packet arrived, in the receiving scheduler's
             time base (seconds).
+        marker: The RTP marker bit (set on the first packet of a talk spurt).
+        resynced: ``True`` on the first frame a jitter buffer released after a
+            sequence discontinuity (the sender restarted): state that depends
+            on continuity, such as an Opus decoder, should be reset.
     """
 
     user_id: str | None
     ssrc: int
-    frame: bytes = field(repr=False)
+    sequence: int
+    timestamp: int
+    opus: bytes = field(repr=False)
     received_at: float = 0.0
+    marker: bool = False
+    resynced: bool = False
+    # Built on first use (unset until then: nothing to store per frame on the hot path).
+    _frame: bytes = field(init=False, repr=False, compare=False)
 
     @property
-    def sequence(self) -> int:
-        """The RTP sequence number (16-bit)."""
-        return int.from_bytes(self.frame[2:4], "big")
+    def frame(self) -> bytes:
+        """The decrypted RTP packet: a 12-byte header (no CSRCs, no extension), then the Opus."""
+        try:
+            return self._frame
+        except AttributeError:
+            header = build_header(self.sequence, self.timestamp, self.ssrc, marker=self.marker)
+            frame = header + self.opus
+            object.__setattr__(self, "_frame", frame)  # a cache, not a state change
+            return frame
 
-    @property
-    def timestamp(self) -> int:
-        """The RTP timestamp (32-bit, 48 kHz units)."""
-        return int.from_bytes(self.frame[4:8], "big")
+    @classmethod
+    def from_packet(
+        cls, packet: bytes, *, user_id: str | None = None, received_at: float = 0.0
+    ) -> AudioFrame:
+        """Build a frame from a plain RTP packet (the layout of :attr:`frame`).
 
-    @property
-    def opus(self) -> bytes:
-        """The Opus payload (after the 12-byte header)."""
-        return self.frame[RTP_HEADER_SIZE:]
+        Args:
+            packet: An RTP header followed by the Opus payload (CSRCs or an
+                extension preamble, if any, are skipped).
+            user_id: The sending user, when known.
+            received_at: When the packet arrived.
+
+        Returns:
+            The frame.
+
+        Raises:
+            MalformedPacket: ``packet`` does not start with a valid RTP header.
+        """
+        header = RtpHeader.parse(packet)
+        return cls(
+            user_id,
+            header.ssrc,
+            header.sequence,
+            header.timestamp,
+            bytes(packet[header.size :]),
+            received_at,
+            header.marker,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,18 +207,42 @@ class DaveEpochTransition:
     privacy_code: str | None = None
 
 
+class DiagnosticKind(enum.StrEnum):
+    """What a :class:`Diagnostic` reports (a ``str``: compares equal to its value)."""
+
+    MALFORMED_MESSAGE = "malformed_message"
+    """A voice-gateway frame that could not be parsed (counted, skipped)."""
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    """A well-formed message at the wrong time or with an unusable value."""
+    UDP_SETUP_FAILED = "udp_setup_failed"
+    """The UDP socket or IP discovery failed (the connection retries)."""
+    NO_KEYS = "no_keys"
+    """A datagram arrived before the session description brought the keys."""
+    UNDECRYPTABLE_PACKET = "undecryptable_packet"
+    """An RTP datagram failed transport decryption or was malformed."""
+    DAVE_DECRYPT_FAILED = "dave_decrypt_failed"
+    """A frame's end-to-end (DAVE) layer could not be removed."""
+    LATE_PACKET = "late_packet"
+    """A frame arrived after the decoder had moved past it (dropped)."""
+    DECODER_RESET = "decoder_reset"
+    """A stream restarted at a sequence discontinuity; its decoder was reset."""
+    CORRUPT_PACKET = "corrupt_packet"
+    """An Opus packet libopus refused (concealed instead)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
     """A problem the connection survived (counted, logged, then carried on).
 
     Attributes:
-        kind: A short stable identifier, e.g. ``"malformed_packet"``.
+        kind: What happened; a :class:`DiagnosticKind` (equal to its string,
+            e.g. ``"undecryptable_packet"``).
         detail: A human-readable description (never contains secrets).
         ssrc: The SSRC concerned, when there is one.
         user_id: The user concerned, when known.
     """
 
-    kind: str
+    kind: DiagnosticKind
     detail: str
     ssrc: int | None = None
     user_id: str | None = None

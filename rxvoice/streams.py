@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TypeVar
 
 from reactivex.subject import BehaviorSubject, Subject
@@ -32,6 +33,24 @@ class EventStream(Subject[T]):
                 observer.on_next(value)
             except Exception:
                 logger.exception("a subscriber raised in on_next; it keeps its subscription")
+
+    def on_next_all(self, values: Sequence[T]) -> None:
+        """Emit ``values`` in order, as many :meth:`on_next` calls would, for less.
+
+        The subscribers are those of the moment of the call (a subscription
+        disposed meanwhile gets nothing more); nothing is done when there are none.
+        """
+        with self.lock:
+            self.check_disposed()
+            if self.is_stopped or not self.observers:
+                return
+            observers = self.observers.copy()
+        for value in values:
+            for observer in observers:
+                try:
+                    observer.on_next(value)
+                except Exception:
+                    logger.exception("a subscriber raised in on_next; it keeps its subscription")
 
 
 class StateStream(BehaviorSubject[T]):

@@ -179,14 +179,14 @@ class RxVoiceProtocol:
         """Seconds between the last voice heartbeat and its ACK (``inf`` before one)."""
         if not self._latencies or not self.is_connected():
             return float("inf")
-        return self._latencies[-1] / 1000.0
+        return self._latencies[-1]
 
     @property
     def average_latency(self) -> float:
         """Average of the last 20 heartbeat round trips, in seconds (``inf`` before one)."""
         if not self._latencies or not self.is_connected():
             return float("inf")
-        return sum(self._latencies) / len(self._latencies) / 1000.0
+        return sum(self._latencies) / len(self._latencies)
 
     def is_connected(self) -> bool:
         """Whether the voice connection is ready to send and receive audio."""

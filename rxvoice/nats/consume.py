@@ -22,7 +22,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
 from rxvoice.errors import ProtocolError, UsageError
-from rxvoice.events import AudioFrame, Diagnostic
+from rxvoice.events import AudioFrame, Diagnostic, DiagnosticKind
 from rxvoice.nats.wire import VoicePacket
 
 if TYPE_CHECKING:
@@ -155,7 +155,9 @@ def consume(
             counts["malformed_message"] += 1
             logger.debug("skipped a malformed message on %s: %s", message.subject, exc)
             if on_diagnostic is not None:
-                on_diagnostic(Diagnostic("malformed_message", f"{message.subject}: {exc}"))
+                on_diagnostic(
+                    Diagnostic(DiagnosticKind.MALFORMED_MESSAGE, f"{message.subject}: {exc}")
+                )
             with contextlib.suppress(Exception):
                 await message.term()
             return True

@@ -151,9 +151,7 @@ class VoicePacket:
             received_at: Its arrival time on the receiving clock (see
                 :func:`rxvoice.nats.to_frames` for the mapping from the wall clock).
         """
-        return AudioFrame(
-            user_id=self.user_id, ssrc=self.ssrc, frame=self.frame, received_at=received_at
-        )
+        return AudioFrame.from_packet(self.frame, user_id=self.user_id, received_at=received_at)
 
     def serialize(self) -> bytes:
         """Return the message bytes (layout version 1, see the module docstring).

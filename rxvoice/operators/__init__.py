@@ -25,8 +25,7 @@ Conventions shared by every operator:
 - **Time from the scheduler.** Deadlines and ticks use the ``scheduler``
   argument, else the one given to ``subscribe``, else an ``AsyncIOScheduler``
   on the running asyncio loop, else RxPY's ``TimeoutScheduler`` (the defaults
-  on a monotonic clock; ``decrypt`` on a Connection session uses the
-  Connection's). Under a
+  on a monotonic clock; ``decrypt_session`` uses the Connection's). Under a
   ``reactivex.testing.TestScheduler`` the whole pipeline runs in virtual time
   (see :mod:`rxvoice.testing.marbles`).
 - **Errors.** An exception from a user callback (a path function, a
@@ -78,6 +77,7 @@ __all__ = [
     "buffer_duration",
     "decode_opus",
     "decrypt",
+    "decrypt_session",
     "group_by_user",
     "jitter_buffer",
     "levels",
@@ -113,10 +113,12 @@ def jitter_buffer(
     completion every held frame is flushed. An SSRC quiet for a minute is
     forgotten (SSRCs churn in a long call); if it comes back it starts afresh.
 
-    :attr:`rxvoice.Connection.on_audio_frame` is already jitter-buffered (the
-    same pure class); use this on :attr:`~rxvoice.Connection.on_raw_audio_frame`
-    or on the output of :func:`decrypt` to choose your own trade-off, or to
-    get the gap markers.
+    This is the jitter stage of the Connection's own receive path
+    (:class:`~rxvoice.protocol.receiver.VoiceReceiver`):
+    :attr:`rxvoice.Connection.on_audio_frame` is already jitter-buffered; use
+    this on :attr:`~rxvoice.Connection.on_raw_audio_frame` or on the output of
+    :func:`decrypt` to choose your own trade-off, or to get the gap markers.
+    The first frame after a sender restart comes out with ``resynced=True``.
 
     .. marble::
         :alt: jitter_buffer
@@ -148,7 +150,7 @@ def jitter_buffer(
 
 
 def decrypt(
-    keys: TransportCipher | RtpCrypto | SessionKeys,
+    cipher: TransportCipher | RtpCrypto,
     *,
     dave: DaveManager | None = None,
     user_of: Callable[[int], str | None] | None = None,
@@ -156,21 +158,24 @@ def decrypt(
     on_diagnostic: Callable[[Diagnostic], None] | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Callable[[Observable[bytes]], Observable[AudioFrame]]:
-    """Remove transport encryption and DAVE from raw voice datagrams.
+    """Remove transport encryption and DAVE from raw voice datagrams, with fixed keys.
 
-    For applications that tap the raw UDP stream. Each RTP datagram is opened
-    with the transport cipher (padding and the header extension removed),
-    attributed to a user with ``user_of``, and DAVE-decrypted with that user's
-    key. Datagrams that are not RTP (RTCP, keepalives) or not Opus are
-    skipped and counted in ``stats`` only. Datagrams that cannot be decrypted
-    (malformed, wrong key, DAVE failure) are skipped, counted and reported
-    through ``on_diagnostic``; they never end the stream. A DAVE frame from
-    an SSRC with no known user cannot be decrypted (the Connection holds such
-    packets until op 5 maps the SSRC; this operator does not).
+    For applications that tap the raw UDP stream. It runs the first steps of
+    the Connection's own receive path (:class:`~rxvoice.protocol.receiver.VoiceReceiver`):
+    each RTP datagram is opened with the transport cipher (padding and the
+    header extension removed), attributed to a user with ``user_of``, and
+    DAVE-decrypted with that user's key. Datagrams that are not RTP (RTCP,
+    keepalives) or not Opus are skipped and counted in ``stats`` only.
+    Datagrams that cannot be decrypted (malformed, wrong key, DAVE failure)
+    are skipped, counted and reported through ``on_diagnostic``; they never
+    end the stream. A DAVE frame that fails is retried once the DAVE
+    session's keys change (within 2 s; a sender may switch keys before our
+    commit arrives), so its failure is reported up to 2 s late. A DAVE frame
+    from an SSRC with no known user cannot be decrypted (the Connection holds
+    such packets until op 5 maps the SSRC; this operator does not).
 
-    ``keys`` may also be a live session such as a :class:`rxvoice.Connection`:
-    its ``rtp``, ``dave`` and ``ssrcs`` attributes are read for every
-    datagram, so the operator keeps working across reconnects.
+    For the keys of a live :class:`rxvoice.Connection`, which change with its
+    sessions, use :func:`decrypt_session`.
 
     .. marble::
         :alt: decrypt
@@ -182,33 +187,76 @@ def decrypt(
     Example:
         >>> counts = collections.Counter()
         >>> frames = datagrams.pipe(vops.decrypt(cipher, user_of=ssrc_map.get, stats=counts))
-        >>> frames = datagrams.pipe(vops.decrypt(conn))  # follow a Connection's keys
 
     Args:
-        keys: A :class:`~rxvoice.protocol.crypto.TransportCipher` or
-            :class:`~rxvoice.protocol.crypto.RtpCrypto`, or an object with
-            ``rtp``, ``dave`` and ``ssrcs`` attributes (a Connection).
-        dave: The DAVE session; ``None`` with a cipher means transport
-            encryption only. Overrides the session's own.
-        user_of: Maps an SSRC to its user id (``None`` when unknown).
-            Overrides the session's ``ssrcs.user_of``.
+        cipher: A :class:`~rxvoice.protocol.crypto.TransportCipher` or
+            :class:`~rxvoice.protocol.crypto.RtpCrypto`.
+        dave: The DAVE session; ``None`` means transport encryption only.
+        user_of: Maps an SSRC to its user id (``None`` when unknown); without
+            it every frame's ``user_id`` is ``None``.
         stats: A counter to add to, by diagnostic kind (``"undecryptable_packet"``,
-            ``"dave_decrypt_failed"``, ``"no_keys"``, ``"not_opus"``, ``"not_rtp_rtcp"``...).
+            ``"dave_decrypt_failed"``, ``"not_opus"``, ``"not_rtp_rtcp"``...).
         on_diagnostic: Called with each undecryptable datagram's
             :class:`~rxvoice.events.Diagnostic`.
-        clock: The time DAVE's transition windows and ``received_at`` use.
-            With a session it defaults to ``time.monotonic`` (the event loop's
-            clock, the one a Connection's DaveManager measures with, whatever
-            the scheduler); with a cipher, to the scheduler's time.
+        clock: The time DAVE's transition windows and ``received_at`` use;
+            the scheduler's time by default.
 
     Returns:
         An operator from datagrams (``bytes``) to
         :class:`~rxvoice.events.AudioFrame` in arrival order (pipe through
         :func:`jitter_buffer` to reorder).
+
+    Raises:
+        UsageError: ``cipher`` is not a cipher (a Connection: see :func:`decrypt_session`).
     """
     from rxvoice.operators._decrypt import decrypt_
 
-    return decrypt_(keys, dave, user_of, stats, on_diagnostic, clock)
+    return decrypt_(cipher, dave, user_of, stats, on_diagnostic, clock)
+
+
+def decrypt_session(
+    session: SessionKeys,
+    *,
+    stats: Counter[str] | None = None,
+    on_diagnostic: Callable[[Diagnostic], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Callable[[Observable[bytes]], Observable[AudioFrame]]:
+    """:func:`decrypt` with the keys of a live session, such as a :class:`rxvoice.Connection`.
+
+    The session's ``rtp``, ``dave`` and ``ssrcs`` are read at every datagram,
+    so the operator keeps working across reconnects and new sessions;
+    datagrams before the session has keys are skipped and counted
+    (``"no_keys"``).
+
+    .. marble::
+        :alt: decrypt_session
+
+        -k-1-x-2-|
+        [ decrypt_session(conn) ]
+        ---1---2-|
+
+    (``k``: a datagram before the session had keys; ``x``: one that cannot be
+    decrypted. Both are skipped and counted, never an error.)
+
+    Example:
+        >>> frames = datagrams.pipe(vops.decrypt_session(conn))  # follow a Connection's keys
+
+    Args:
+        session: An object with ``rtp``, ``dave`` and ``ssrcs`` attributes (a Connection).
+        stats: A counter to add to, by kind (see :func:`decrypt`).
+        on_diagnostic: Called with each undecryptable datagram's
+            :class:`~rxvoice.events.Diagnostic`.
+        clock: The time DAVE's transition windows and ``received_at`` use;
+            ``time.monotonic`` by default (the event loop's clock, the one a
+            Connection's DaveManager measures with, whatever the scheduler).
+
+    Returns:
+        An operator from datagrams (``bytes``) to
+        :class:`~rxvoice.events.AudioFrame` in arrival order.
+    """
+    from rxvoice.operators._decrypt import decrypt_session_
+
+    return decrypt_session_(session, stats, on_diagnostic, clock)
 
 
 def group_by_user(
@@ -275,7 +323,7 @@ def decode_opus(
     sample_rate: int = 48_000,
     channels: int = 2,
     max_gap: int = DEFAULT_MAX_GAP,
-    scheduler: abc.SchedulerBase | None = None,
+    decode_on: abc.SchedulerBase | None = None,
     stats: Counter[str] | None = None,
     on_diagnostic: Callable[[Diagnostic], None] | None = None,
 ) -> Callable[[Observable[AudioFrame | AudioGap]], Observable[PcmChunk]]:
@@ -290,15 +338,17 @@ def decode_opus(
     packet's in-band FEC data when it has some (``recovered=True``; also when
     ``max_conceal`` leaves the middle of a long loss unfilled). A
     corrupted packet is concealed instead (``concealed=True``) and counted. A
-    sequence jump beyond ``max_gap`` resets the decoder; a user's new SSRC
+    frame that a jitter buffer released with ``resynced=True`` (the sender
+    restarted) resets the decoder, and so does a sequence jump beyond
+    ``max_gap`` in a stream that skipped the jitter buffer; a user's new SSRC
     gets a fresh decoder (late frames of the old one still decode with
     theirs). The decoder of an SSRC quiet for a minute (by ``received_at``) is
     freed; if it comes back it gets a fresh one. Late or
     duplicate frames (put the stream through :func:`jitter_buffer` first) are
     dropped and counted.
 
-    With a ``scheduler`` (e.g. a ``ThreadPoolScheduler``) decoding runs there,
-    off the event loop: each SSRC's frames stay in order, different users
+    With ``decode_on`` (a scheduler, e.g. a ``ThreadPoolScheduler``) decoding
+    runs there, off the event loop: each SSRC's frames stay in order, different users
     decode in parallel and may interleave differently than they arrived.
 
     .. marble::
@@ -310,7 +360,7 @@ def decode_opus(
 
     Example:
         >>> pcm = conn.on_audio_frame.pipe(vops.decode_opus())
-        >>> pcm = frames.pipe(vops.decode_opus(scheduler=ThreadPoolScheduler(2)))
+        >>> pcm = frames.pipe(vops.decode_opus(decode_on=ThreadPoolScheduler(2)))
 
     Args:
         fec: Use in-band FEC to recover a lost frame from the next packet.
@@ -318,8 +368,9 @@ def decode_opus(
             the rest of a longer loss is left out (a mix fills it with silence).
         sample_rate: Output rate: 8000, 12000, 16000, 24000 or 48000 Hz.
         channels: Output channels, 1 or 2.
-        max_gap: Sequence jumps beyond this restart the stream.
-        scheduler: Where decoding runs; ``None``: synchronously, in order.
+        max_gap: Sequence jumps beyond this restart the stream (for frames
+            that did not pass a jitter buffer, which marks restarts itself).
+        decode_on: Where decoding runs; ``None``: synchronously, in order.
         stats: A counter to add to (``"corrupt_packet"``, ``"late_packet"``,
             ``"decoder_reset"``).
         on_diagnostic: Called with each of those as a
@@ -336,7 +387,7 @@ def decode_opus(
     from rxvoice.operators._decode import decode_opus_
 
     return decode_opus_(
-        sample_rate, channels, fec, max_conceal, max_gap, scheduler, stats, on_diagnostic
+        sample_rate, channels, fec, max_conceal, max_gap, decode_on, stats, on_diagnostic
     )
 
 
@@ -394,11 +445,11 @@ def mix(
     return mix_(interval, delay, sample_rate, channels, max_ahead, scheduler)
 
 
-def buffer_duration(ms: float) -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:
-    """Re-cut each user's audio into chunks of ``ms`` milliseconds.
+def buffer_duration(seconds: float) -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:
+    """Re-cut each user's audio into chunks of ``seconds`` seconds.
 
     A user's chunks are joined back to back (pauses between talk spurts are
-    not filled) and cut every ``ms`` ms of samples; the last, shorter, chunk
+    not filled) and cut every ``seconds`` of samples; the last, shorter, chunk
     is emitted when the source completes. A chunk's timestamp is that of its
     first sample; it is ``concealed`` / ``recovered`` if any part was.
 
@@ -406,25 +457,25 @@ def buffer_duration(ms: float) -> Callable[[Observable[PcmChunk]], Observable[Pc
         :alt: buffer_duration
 
         -p0-p1-p2-p3-p4-|
-        [ buffer_duration(40) ]
+        [ buffer_duration(0.04) ]
         ---p0---p2---(p4,|)
 
     Example:
-        >>> seconds = pcm.pipe(vops.buffer_duration(1000))
+        >>> seconds = pcm.pipe(vops.buffer_duration(1.0))
 
     Args:
-        ms: The chunk duration in milliseconds.
+        seconds: The chunk duration.
 
     Returns:
         An operator from :class:`~rxvoice.events.PcmChunk` to chunks of
-        ``round(sample_rate * ms / 1000)`` samples.
+        ``round(sample_rate * seconds)`` samples.
 
     Raises:
-        UsageError: If ``ms`` is not positive.
+        UsageError: If ``seconds`` is not positive.
     """
     from rxvoice.operators._buffer import buffer_duration_
 
-    return buffer_duration_(ms)
+    return buffer_duration_(seconds)
 
 
 def to_mono() -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:
@@ -467,7 +518,7 @@ def resample(to_rate: int = 16_000) -> Callable[[Observable[PcmChunk]], Observab
         -p0-p0-p1-(p2,|)
 
     Example:
-        >>> speech = pcm.pipe(vops.to_mono(), vops.resample(16_000), vops.buffer_duration(500))
+        >>> speech = pcm.pipe(vops.to_mono(), vops.resample(16_000), vops.buffer_duration(0.5))
 
     Args:
         to_rate: The output rate in Hz.

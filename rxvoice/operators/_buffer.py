@@ -15,12 +15,12 @@ from rxvoice.protocol.seq import ts_add
 
 
 class _Rechunker:
-    """One user's audio, re-cut into chunks of ``ms`` milliseconds."""
+    """One user's audio, re-cut into chunks of ``seconds`` seconds."""
 
-    __slots__ = ("ms", "parts", "samples")
+    __slots__ = ("parts", "samples", "seconds")
 
-    def __init__(self, ms: float) -> None:
-        self.ms = ms
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.parts: list[PcmChunk] = []
         self.samples = 0
 
@@ -35,7 +35,7 @@ class _Rechunker:
             return
         self.parts.append(chunk)
         self.samples += chunk.samples
-        size = max(1, round(chunk.sample_rate * self.ms / 1000))
+        size = max(1, round(chunk.sample_rate * self.seconds))
         while self.samples >= size:
             yield self._take(size)
 
@@ -68,10 +68,10 @@ class _Rechunker:
         )
 
 
-def buffer_duration_(ms: float) -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:
-    if not ms > 0:
-        raise UsageError(f"ms must be positive, got {ms}")
-    return per_stream(lambda _: _Rechunker(ms))
+def buffer_duration_(seconds: float) -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:
+    if not seconds > 0:
+        raise UsageError(f"seconds must be positive, got {seconds}")
+    return per_stream(lambda _: _Rechunker(seconds))
 
 
 __all__ = ["buffer_duration_"]

@@ -9,15 +9,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Generic, Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from reactivex import Observable, abc
+from reactivex.disposable import CompositeDisposable, SerialDisposable
 from reactivex.scheduler import TimeoutScheduler
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
-from rxvoice.events import Diagnostic
+from rxvoice.events import Diagnostic, DiagnosticKind
+from rxvoice.protocol.receiver import IdleStreams as IdleStreams  # for the operators
+from rxvoice.protocol.receiver import Received, VoiceReceiver
 
 logger = logging.getLogger("rxvoice.operators")
 
@@ -30,6 +33,8 @@ _In = TypeVar("_In", contravariant=True)
 _Out = TypeVar("_Out", covariant=True)
 _A = TypeVar("_A", bound="UserItem")
 _B = TypeVar("_B")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 StreamKey: TypeAlias = "str | tuple[str, int | None]"
 """Whose audio an item is: the user id, or ``("ssrc", ssrc)`` when the user is unknown."""
@@ -114,52 +119,109 @@ def now_of(scheduler: abc.SchedulerBase) -> float:
     return scheduler.to_seconds(scheduler.now)
 
 
-IDLE_FORGET = 60.0
-"""Seconds without a packet after which an SSRC's state (jitter buffer, decoder) is forgotten."""
+def drive_receiver(
+    new: Callable[[], VoiceReceiver],
+    step: Callable[[VoiceReceiver, _T, float], Received],
+    emit: Callable[[Received, abc.ObserverBase[_R]], None],
+    *,
+    scheduler: abc.SchedulerBase | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Callable[[Observable[_T]], Observable[_R]]:
+    """Build an operator that runs a :class:`VoiceReceiver` on a stream, timed by a scheduler.
 
-_K = TypeVar("_K")
-
-
-class IdleStreams(Generic[_K]):
-    """Tells which streams have been quiet for a while, so their state can go.
-
-    SSRCs churn (every reconnect brings a new one; users leave): a long-lived
-    pipeline must not keep a jitter buffer or an Opus decoder for each one it
-    ever saw. A forgotten stream that comes back simply starts afresh.
+    Each subscription gets its own receiver from ``new()``. ``step(receiver,
+    item, now)`` hands it one item; ``emit(received, observer)`` passes on what
+    it returned (and may raise: a user callback's error ends the pipeline). One
+    timer, at :meth:`VoiceReceiver.next_deadline`, drives
+    :meth:`VoiceReceiver.poll`; completion flushes the receiver.
 
     Args:
-        after: Seconds of silence before a stream counts as gone; streams are
-            swept at most once per ``after``, so the cost per item is O(1).
+        new: Makes a receiver.
+        step: Feeds one item.
+        emit: Passes a result on.
+        scheduler: Times the deadlines; defaults to the subscription's scheduler.
+        clock: The receiver's time; defaults to the scheduler's.
     """
 
-    __slots__ = ("_after", "_next_sweep", "_seen")
+    def operator(source: Observable[_T]) -> Observable[_R]:
+        def subscribe(
+            observer: abc.ObserverBase[_R], scheduler_: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            receiver = new()
+            timers = choose_scheduler(scheduler, scheduler_)
+            # Timer callbacks may run on another thread than the source's
+            # (e.g. TimeoutScheduler): one lock serialises state and emissions.
+            lock = threading.RLock()
+            timer = SerialDisposable()
+            due_at: float | None = None
+            last = float("-inf")
+            stopped = False
 
-    def __init__(self, after: float = IDLE_FORGET) -> None:
-        self._after = after
-        self._seen: dict[_K, float] = {}
-        self._next_sweep = float("-inf")
+            def now(at_least: float = float("-inf")) -> float:
+                # The receiver wants a clock that never goes backwards, and a
+                # timer may fire a float ulp before its due time.
+                nonlocal last
+                last = max(last, clock() if clock is not None else now_of(timers), at_least)
+                return last
 
-    def touch(self, key: _K, now: float) -> bool:
-        """Note that ``key`` was active at ``now``.
+            def handle(received: Callable[[], Received], at: float) -> None:
+                nonlocal due_at, stopped
+                try:
+                    emit(received(), observer)
+                except Exception as error:  # a user callback raised: this pipeline fails
+                    stopped = True
+                    timer.dispose()
+                    observer.on_error(error)
+                    return
+                deadline = receiver.next_deadline()
+                if deadline is None or (due_at is not None and due_at <= deadline):
+                    return
+                due_at = deadline
+                timer.disposable = timers.schedule_relative(
+                    max(0.0, deadline - at), on_timer, deadline
+                )
 
-        Returns:
-            Whether ``key`` comes back after a quiet spell longer than
-            ``after`` (its state should start afresh, swept or not).
-        """
-        seen = self._seen.get(key)
-        self._seen[key] = now
-        return seen is not None and now - seen > self._after
+            def on_timer(_: abc.SchedulerBase, deadline: Any) -> None:
+                nonlocal due_at
+                with lock:
+                    if not stopped:
+                        due_at = None
+                        at = now(float(deadline))
+                        handle(lambda: receiver.poll(at), at)
 
-    def expired(self, now: float) -> list[_K]:
-        """Return (and stop tracking) the streams quiet for more than ``after`` seconds."""
-        if self._next_sweep - self._after <= now < self._next_sweep:
-            return []  # swept less than ``after`` ago (a clock gone back sweeps too)
-        self._next_sweep = now + self._after
-        horizon = now - self._after
-        gone = [key for key, seen in self._seen.items() if seen < horizon]
-        for key in gone:
-            del self._seen[key]
-        return gone
+            def on_next(item: _T) -> None:
+                with lock:
+                    if not stopped:
+                        at = now()
+                        handle(lambda: step(receiver, item, at), at)
+
+            def on_error(error: Exception) -> None:
+                nonlocal stopped
+                with lock:
+                    stopped = True
+                    timer.dispose()
+                    observer.on_error(error)
+
+            def on_completed() -> None:
+                nonlocal stopped
+                with lock:
+                    if stopped:
+                        return
+                    stopped = True
+                    timer.dispose()
+                    try:
+                        emit(receiver.flush(now()), observer)
+                    except Exception as error:
+                        observer.on_error(error)
+                        return
+                    observer.on_completed()
+
+            subscription = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler_)
+            return CompositeDisposable(subscription, timer)
+
+        return Observable(subscribe)
+
+    return operator
 
 
 class Reporter:
@@ -181,7 +243,7 @@ class Reporter:
         self._lock = threading.Lock()  # decoders on a thread pool report concurrently
 
     def __call__(
-        self, kind: str, detail: str, ssrc: int | None = None, user_id: str | None = None
+        self, kind: DiagnosticKind, detail: str, ssrc: int | None = None, user_id: str | None = None
     ) -> None:
         """Count one problem and report it (the callback's exceptions propagate)."""
         if self._stats is not None:

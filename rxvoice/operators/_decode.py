@@ -12,7 +12,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 
 from rxvoice.audio.opus import OpusDecoder, packet_has_fec
 from rxvoice.errors import MalformedPacket
-from rxvoice.events import AudioFrame, AudioGap, PcmChunk
+from rxvoice.events import AudioFrame, AudioGap, DiagnosticKind, PcmChunk
 from rxvoice.operators._common import RTP_RATE, DiagnosticCallback, IdleStreams, Reporter
 from rxvoice.protocol.seq import seq_add, seq_diff, ts_add
 
@@ -60,13 +60,15 @@ class SsrcDecoder:
         missing = 0
         if self._next is not None:
             d = seq_diff(seq, self._next)
-            if -self._max_gap <= d < 0:
-                self._report("late_packet", f"sequence {seq} after {self._next - 1}", frame.ssrc)
-                return []
-            if d > self._max_gap or d < -self._max_gap:
-                # The sender restarted (or the jitter buffer resynced): fresh state.
+            if frame.resynced or d > self._max_gap or d < -self._max_gap:
+                # The sender restarted (a jitter buffer says so; without one, a
+                # jump beyond max_gap tells): fresh state.
                 self._decoder.reset()
-                self._report("decoder_reset", f"sequence jumped to {seq}", frame.ssrc)
+                self._report(DiagnosticKind.DECODER_RESET, f"sequence jumped to {seq}", frame.ssrc)
+            elif d < 0:
+                late = f"sequence {seq} after {self._next - 1}"
+                self._report(DiagnosticKind.LATE_PACKET, late, frame.ssrc)
+                return []
             else:
                 missing = d
         self._next = seq_add(seq, 1)
@@ -77,7 +79,7 @@ class SsrcDecoder:
         try:
             pcm = self._decoder.decode(opus)
         except MalformedPacket as exc:
-            self._report("corrupt_packet", str(exc), frame.ssrc, frame.user_id)
+            self._report(DiagnosticKind.CORRUPT_PACKET, str(exc), frame.ssrc, frame.user_id)
             out.append(self._chunk(frame, frame.timestamp, self._decoder.conceal(), concealed=True))
         else:
             out.append(self._chunk(frame, frame.timestamp, pcm))
@@ -129,7 +131,7 @@ def decode_opus_(
     fec: bool,
     max_conceal: int,
     max_gap: int,
-    scheduler: abc.SchedulerBase | None,
+    decode_on: abc.SchedulerBase | None,
     stats: Counter[str] | None,
     on_diagnostic: DiagnosticCallback | None,
 ) -> Callable[[Observable[AudioFrame | AudioGap]], Observable[PcmChunk]]:
@@ -222,14 +224,14 @@ def decode_opus_(
                 with lock:
                     if stopped:
                         return
-                    if scheduler is None:
+                    if decode_on is None:
                         decode_now(item)
                         return
                     ssrc = item.ssrc
                     queues.setdefault(ssrc, deque()).append(item)
                     if ssrc not in draining:
                         draining.add(ssrc)
-                        scheduler.schedule(drain, ssrc)
+                        decode_on.schedule(drain, ssrc)
 
             def on_error(error: Exception) -> None:
                 with lock:

@@ -1,4 +1,9 @@
-"""The ``decrypt`` operator: raw voice datagrams to :class:`AudioFrame`, both layers removed."""
+"""The ``decrypt`` operators: raw voice datagrams to :class:`AudioFrame`, both layers removed.
+
+Both run the receiver's steps 1-4 (classify, transport open, attribution,
+DAVE with its retry); :func:`decrypt_` with fixed keys, :func:`decrypt_session_`
+with the keys a live session holds at each datagram.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,12 @@ from typing import Protocol
 
 from reactivex import Observable, abc
 
-from rxvoice.errors import ProtocolError
-from rxvoice.events import RTP_HEADER_SIZE, AudioFrame
-from rxvoice.operators._common import DiagnosticCallback, Reporter, choose_scheduler, now_of
+from rxvoice.errors import UsageError
+from rxvoice.events import AudioFrame
+from rxvoice.operators._common import DiagnosticCallback, drive_receiver
 from rxvoice.protocol.crypto import RtpCrypto, TransportCipher
 from rxvoice.protocol.dave import DaveManager
-from rxvoice.protocol.rtp import OPUS_PAYLOAD_TYPE, DatagramKind, classify
+from rxvoice.protocol.receiver import Received, VoiceReceiver
 
 
 class SsrcLookup(Protocol):
@@ -26,7 +31,7 @@ class SsrcLookup(Protocol):
 
 
 class SessionKeys(Protocol):
-    """What :func:`decrypt` reads from a live session, e.g. a :class:`rxvoice.Connection`.
+    """What :func:`decrypt_session` reads from a live session, e.g. a :class:`rxvoice.Connection`.
 
     The attributes are read again for every datagram, since a reconnect or a
     new session replaces them.
@@ -48,90 +53,88 @@ class SessionKeys(Protocol):
         ...
 
 
+def _emitter(
+    on_diagnostic: DiagnosticCallback | None,
+) -> Callable[[Received, abc.ObserverBase[AudioFrame]], None]:
+    def emit(received: Received, observer: abc.ObserverBase[AudioFrame]) -> None:
+        if on_diagnostic is not None:
+            for diagnostic in received.diagnostics:
+                on_diagnostic(diagnostic)
+        for frame in received.raw:
+            observer.on_next(frame)
+
+    return emit
+
+
+def _receive(receiver: VoiceReceiver, datagram: bytes, now: float) -> Received:
+    return receiver.receive((datagram,), now)
+
+
 def decrypt_(
-    keys: TransportCipher | RtpCrypto | SessionKeys,
+    cipher: TransportCipher | RtpCrypto,
     dave: DaveManager | None,
     user_of: Callable[[int], str | None] | None,
     stats: Counter[str] | None,
     on_diagnostic: DiagnosticCallback | None,
     clock: Callable[[], float] | None,
 ) -> Callable[[Observable[bytes]], Observable[AudioFrame]]:
-    fixed = isinstance(keys, TransportCipher | RtpCrypto)
-    if clock is None and not fixed:
-        # A Connection's DaveManager measures its transition windows on the
-        # event loop's clock (time.monotonic for asyncio's loops), whatever
-        # scheduler this pipeline runs on: RxPY's own report the wall clock.
-        clock = time.monotonic
+    if isinstance(cipher, RtpCrypto):
+        cipher = cipher.cipher
+    elif not isinstance(cipher, TransportCipher):
+        raise UsageError(
+            f"decrypt takes a TransportCipher or RtpCrypto, not {type(cipher).__name__}; "
+            "for a live session (a Connection) use decrypt_session"
+        )
+    keys = cipher
 
-    def operator(source: Observable[bytes]) -> Observable[AudioFrame]:
-        def subscribe(
-            observer: abc.ObserverBase[AudioFrame],
-            scheduler: abc.SchedulerBase | None = None,
-        ) -> abc.DisposableBase:
-            report = Reporter(stats, on_diagnostic)
-            timer = choose_scheduler(scheduler)
+    def new() -> VoiceReceiver:
+        receiver = VoiceReceiver(
+            keys,
+            dave,
+            user_of=user_of if user_of is not None else _nobody,
+            reorder=False,
+            counts=stats,
+        )
+        receiver.diagnose = on_diagnostic is not None
+        return receiver
 
-            def on_next(datagram: bytes) -> None:
-                try:
-                    frame = open_datagram(datagram)
-                except Exception as error:  # a user callback raised: this pipeline fails
-                    observer.on_error(error)
-                    return
-                if frame is not None:
-                    observer.on_next(frame)
-
-            def open_datagram(datagram: bytes) -> AudioFrame | None:
-                kind = classify(datagram)
-                if kind is not DatagramKind.RTP:
-                    if stats is not None:  # RTCP and keepalives are normal: counted only
-                        stats[f"not_rtp_{kind.value}"] += 1
-                    return None
-                if fixed:
-                    cipher: TransportCipher | RtpCrypto | None = keys  # type: ignore[assignment]
-                    dave_now = dave
-                    lookup = user_of
-                else:
-                    session: SessionKeys = keys  # type: ignore[assignment]
-                    cipher = session.rtp
-                    dave_now = dave if dave is not None else session.dave
-                    lookup = user_of if user_of is not None else session.ssrcs.user_of
-                if cipher is None:
-                    report("no_keys", "datagram before the session description")
-                    return None
-                try:
-                    packet = cipher.open(datagram)
-                except ProtocolError as exc:
-                    report("undecryptable_packet", str(exc))
-                    return None
-                header = packet.header
-                ssrc = header.ssrc
-                if header.payload_type != OPUS_PAYLOAD_TYPE:
-                    if stats is not None:
-                        stats["not_opus"] += 1
-                    return None
-                user = lookup(ssrc) if lookup is not None else None
-                now = clock() if clock is not None else now_of(timer)
-                payload = packet.payload
-                if dave_now is not None:
-                    if user is not None:
-                        opus = dave_now.decrypt(user, payload, now)
-                    else:
-                        opus = dave_now.open_unattributed(payload)
-                    if opus is None:
-                        report(
-                            "dave_decrypt_failed", "frame could not be DAVE-decrypted", ssrc, user
-                        )
-                        return None
-                    payload = opus
-                return AudioFrame(user, ssrc, packet.frame()[:RTP_HEADER_SIZE] + payload, now)
-
-            return source.subscribe(
-                on_next, observer.on_error, observer.on_completed, scheduler=scheduler
-            )
-
-        return Observable(subscribe)
-
-    return operator
+    return drive_receiver(new, _receive, _emitter(on_diagnostic), clock=clock)
 
 
-__all__ = ["SessionKeys", "SsrcLookup", "decrypt_"]
+def _nobody(_: int) -> None:
+    return None
+
+
+def decrypt_session_(
+    session: SessionKeys,
+    stats: Counter[str] | None,
+    on_diagnostic: DiagnosticCallback | None,
+    clock: Callable[[], float] | None,
+) -> Callable[[Observable[bytes]], Observable[AudioFrame]]:
+    # A Connection's DaveManager measures its transition windows on the event
+    # loop's clock (time.monotonic for asyncio's loops), whatever scheduler
+    # this pipeline runs on: RxPY's own report the wall clock.
+    def user_of(ssrc: int) -> str | None:
+        return session.ssrcs.user_of(ssrc)
+
+    def new() -> VoiceReceiver:
+        receiver = VoiceReceiver(user_of=user_of, reorder=False, counts=stats)
+        receiver.diagnose = on_diagnostic is not None
+        return receiver
+
+    def step(receiver: VoiceReceiver, datagram: bytes, now: float) -> Received:
+        rtp, dave = session.rtp, session.dave
+        cipher = rtp.cipher if rtp is not None else None
+        if cipher is not receiver.cipher or dave is not receiver.dave:
+            receiver.set_keys(cipher, dave)  # a new session (or its first keys)
+        return receiver.receive((datagram,), now)
+
+    return drive_receiver(
+        new,
+        step,
+        _emitter(on_diagnostic),
+        clock=clock if clock is not None else time.monotonic,
+    )
+
+
+__all__ = ["SessionKeys", "SsrcLookup", "decrypt_", "decrypt_session_"]

@@ -218,18 +218,19 @@ def describe_close(code: int | None) -> str:
     return f"{text} Next: {_POLICY_TEXT[policy]}."
 
 
-def close_error(code: int | None) -> ConnectionClosed:
+def close_error(code: int | None, reason: str | None = None) -> ConnectionClosed:
     """Return the exception that reports a close the connection will not recover from.
 
     Args:
         code: The close code, or ``None``.
+        reason: The reason to report; :func:`describe_close`'s sentence by default.
 
     Returns:
         :class:`~rxvoice.errors.DaveRequired` for 4017, otherwise
-        :class:`~rxvoice.errors.ConnectionClosed`; its reason is
-        :func:`describe_close`'s sentence.
+        :class:`~rxvoice.errors.ConnectionClosed`.
     """
-    reason = describe_close(code)
+    if reason is None:
+        reason = describe_close(code)
     if code == CloseCode.DAVE_REQUIRED:
         return DaveRequired(code, reason)
     return ConnectionClosed(code, reason)

@@ -31,8 +31,6 @@ from rxvoice.protocol.rtp import (
     RtpHeader,
     RtpPacket,
     build_header,
-    split_extension,
-    strip_padding,
 )
 
 __all__ = [
@@ -200,14 +198,7 @@ class TransportCipher:
             raise DecryptionError(
                 f"transport decryption failed (ssrc={header.ssrc}, seq={header.sequence})"
             ) from None
-        # RtpPacket.from_plaintext, inlined for the hot path: padding first, then
-        # the extension body, as discord.js does.
-        if header.padding:
-            plaintext = strip_padding(plaintext)
-        if header.extension_profile is None:
-            return RtpPacket(header, plaintext, b"")
-        extension, payload = split_extension(header, plaintext)
-        return RtpPacket(header, payload, extension)
+        return RtpPacket.from_plaintext(header, plaintext)
 
 
 class RtpCrypto:

@@ -145,6 +145,9 @@ class DaveManager:
         self._consecutive_failures: dict[str, int] = {}
         self._outbox: list[GatewayMessage] = []
         self._transitions: list[DaveEpochTransition] = []
+        # Counts key changes (a processed commit or welcome, an executed
+        # transition): a frame that failed before one may decrypt after it.
+        self.generation = 0
 
     # -- state -------------------------------------------------------------------------
 
@@ -172,6 +175,11 @@ class DaveManager:
         if self.session is None or not self.session.ready:
             return None
         return self.session.voice_privacy_code
+
+    @property
+    def has_output(self) -> bool:
+        """Whether :meth:`poll` has messages to send or transitions to report."""
+        return bool(self._outbox or self._transitions)
 
     def poll(self) -> DaveOutput:
         """Hand out (and forget) the messages to send and the transitions executed."""
@@ -257,6 +265,7 @@ class DaveManager:
         previous = self.protocol_version
         self.protocol_version = version
         self._last_transition_id = tid
+        self.generation += 1
         if version == 0:
             self._passthrough_until = float("inf")
         elif previous == 0 or self._passthrough_until == float("inf"):
@@ -314,6 +323,7 @@ class DaveManager:
             self._recover(tid)
             return
         self._consecutive_failures.clear()
+        self.generation += 1
         if not was_ready:
             # Our first group: until now everyone sent plain frames (a member
             # without a group does), and some are still in flight.

@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from rxvoice.errors import MalformedPacket, UsageError
+from rxvoice.protocol.rtp import IP_DISCOVERY_SIZE, KEEPALIVE_SIZE
 
 __all__ = [
     "IP_DISCOVERY_LENGTH",
@@ -26,16 +27,11 @@ __all__ = [
     "Keepalive",
 ]
 
-IP_DISCOVERY_SIZE = 74
-"""The size of both discovery datagrams."""
-
 IP_DISCOVERY_LENGTH = 70
 """The length field: the datagram size minus the 4-byte type and length."""
 
 IP_DISCOVERY_REQUEST = 1
 IP_DISCOVERY_RESPONSE = 2
-
-KEEPALIVE_SIZE = 8
 
 _ADDRESS_SIZE = 64
 # type, length, SSRC, address (64 bytes, NUL-padded), port

@@ -19,9 +19,10 @@ import struct
 from dataclasses import dataclass
 
 from rxvoice.errors import MalformedPacket, UsageError
-from rxvoice.events import RTP_HEADER_SIZE
 
 __all__ = [
+    "IP_DISCOVERY_SIZE",
+    "KEEPALIVE_SIZE",
     "ONE_BYTE_EXTENSION_PROFILE",
     "OPUS_PAYLOAD_TYPE",
     "RTCP_PACKET_TYPES",
@@ -56,8 +57,14 @@ ONE_BYTE_EXTENSION_PROFILE = 0xBEDE
 RTCP_PACKET_TYPES = range(200, 207)
 """RTCP packet types seen on the voice socket: SR, RR, SDES, BYE, APP, RTPFB, PSFB."""
 
+RTP_HEADER_SIZE = 12
+"""The fixed RTP header: V/P/X/CC, M/PT, sequence, timestamp, SSRC."""
+
 IP_DISCOVERY_SIZE = 74
+"""Both IP discovery datagrams (request and response) are exactly this long."""
+
 KEEPALIVE_SIZE = 8
+"""A UDP keepalive: a 32-bit counter and four zero bytes."""
 
 # V=2, P, X, CC | M, PT | sequence | timestamp | SSRC
 _FIXED = struct.Struct(">BBHII")
@@ -390,13 +397,12 @@ class RtpPacket:
                 hand-built header; parsed ones always fit).
         """
         h = self.header
-        try:
-            fixed = _FIXED.pack(
-                0x80, (0x80 if h.marker else 0) | h.payload_type, h.sequence, h.timestamp, h.ssrc
+        return (
+            build_header(
+                h.sequence, h.timestamp, h.ssrc, marker=h.marker, payload_type=h.payload_type
             )
-        except struct.error as exc:
-            raise UsageError(f"RTP header field out of range: {exc}") from None
-        return fixed + self.payload
+            + self.payload
+        )
 
 
 class DatagramKind(enum.Enum):

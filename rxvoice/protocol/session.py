@@ -106,13 +106,13 @@ class HeartbeatTracker:
         return Heartbeat(nonce=nonce, seq_ack=seq_ack)
 
     def ack(self, message: HeartbeatAck, now: float) -> float | None:
-        """Record an ACK; return the round trip in milliseconds if it answers one of ours."""
+        """Record an ACK; return the round trip in seconds if it answers one of ours."""
         sent = self._unanswered.get(message.nonce)
         if sent is None:
             return None
         self._unanswered.clear()
         self.missed = 0
-        self.rtt = (now - sent) * 1000.0
+        self.rtt = now - sent
         return self.rtt
 
     def reset(self) -> None:

@@ -9,7 +9,7 @@ age) and handed back in order once the mapping arrives.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -49,13 +49,12 @@ class SsrcMap(Generic[T]):
         self._users: dict[int, str] = {}
         self._held: dict[int, deque[tuple[float, T]]] = {}
         self.stats = SsrcMapStats()
+        # The dict's own lookup: it runs for every received packet.
+        self.user_of: Callable[[int], str | None] = self._users.get
+        """The user sending on an SSRC, or ``None`` if not known yet."""
 
     def __contains__(self, ssrc: object) -> bool:
         return ssrc in self._users
-
-    def user_of(self, ssrc: int) -> str | None:
-        """The user sending on ``ssrc``, or ``None`` if not known yet."""
-        return self._users.get(ssrc)
 
     def ssrcs_of(self, user_id: str) -> list[int]:
         """Every SSRC seen for ``user_id``, oldest first."""

@@ -163,7 +163,12 @@ def audio_frame(
     if payload is None:
         payload = opus_tone(speaker.frequency, n)
     return AudioFrame(
-        speaker.user_id, speaker.ssrc, rtp_frame(n, speaker.ssrc, payload), received_at
+        speaker.user_id,
+        speaker.ssrc,
+        n % 65536,
+        n * FRAME_SAMPLES % (1 << 32),
+        payload,
+        received_at,
     )
 
 

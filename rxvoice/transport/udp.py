@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 from rxvoice.errors import MalformedPacket, ProtocolError, UsageError
 from rxvoice.protocol.ipdiscovery import IpDiscoveryRequest, IpDiscoveryResponse, Keepalive
+from rxvoice.protocol.rtp import IP_DISCOVERY_SIZE
 
 __all__ = ["UdpStats", "UdpTransport"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_DATAGRAM = 2048
-_IP_DISCOVERY_SIZE = 74
 
 
 @dataclass(slots=True)
@@ -196,7 +196,7 @@ class UdpTransport:
                 # ICMP port unreachable surfaces here as ECONNREFUSED; not fatal.
                 logger.debug("UDP receive error: %s", exc)
                 break
-            if len(data) == _IP_DISCOVERY_SIZE and self._take_discovery(data):
+            if len(data) == IP_DISCOVERY_SIZE and self._take_discovery(data):
                 continue
             batch.append(data)
         if not batch:

@@ -128,6 +128,11 @@ class WebSocketTransport:
             return False
         return True
 
+    @property
+    def heartbeat_task(self) -> asyncio.Task[None] | None:
+        """The heartbeat task while it runs (stopping cancels it; the caller may await it)."""
+        return self._heartbeat
+
     def start_heartbeat(
         self,
         interval: float,

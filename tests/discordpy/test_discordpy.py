@@ -83,7 +83,8 @@ async def test_bot_hears_two_speakers_through_dave_and_is_heard(
     frames = Recorder(vc.connection.on_audio_frame)
     await asyncio.gather(alice.talk(50), bob.talk(50))
     for speaker in (alice, bob):
-        assert payloads_of(frames.items, speaker.user_id) == await hear_everything(frames, speaker)
+        expected = await hear_everything(frames, speaker)  # wait first, then look
+        assert payloads_of(frames.items, speaker.user_id) == expected
     pcm: list[PcmChunk] = seen["pcm"].items
     assert pitch(pcm, alice.user_id) == pytest.approx(440.0, abs=5)
     assert pitch(pcm, bob.user_id) == pytest.approx(700.0, abs=5)
@@ -194,7 +195,8 @@ async def test_server_move_move_to_endpoint_null_and_leave(sandbox: Sandbox, log
     await settle(sandbox, vc, [other])
     frames = Recorder(vc.connection.on_audio_frame)
     await other.talk(10)
-    assert payloads_of(frames.items, other.user_id) == await hear_everything(frames, other)
+    expected = await hear_everything(frames, other)  # wait first, then look
+    assert payloads_of(frames.items, other.user_id) == expected
 
     # The bot moves itself back, as with discord.py's VoiceClient.move_to.
     await vc.move_to(first)

@@ -38,7 +38,8 @@ async def test_a_disnake_bot_hears_two_speakers_and_leaves(sandbox: Sandbox, log
     await alice.talk(10)
     await bob.talk(10)
     for speaker in (alice, bob):
-        assert payloads_of(frames.items, speaker.user_id) == await hear_everything(frames, speaker)
+        expected = await hear_everything(frames, speaker)  # wait first, then look
+        assert payloads_of(frames.items, speaker.user_id) == expected
     assert vc.connection.stats.dave_failures == 0
 
     await vc.disconnect()

@@ -24,7 +24,9 @@ GUILD, CHANNEL = "111", "222"
 
 
 def frame(n: int, user: str | None = "333", ssrc: int = 42) -> AudioFrame:
-    return AudioFrame(user, ssrc, rtp_frame(n, ssrc, bytes([0xFC, n % 256]) * 20), float(n))
+    return AudioFrame.from_packet(
+        rtp_frame(n, ssrc, bytes([0xFC, n % 256]) * 20), user_id=user, received_at=float(n)
+    )
 
 
 def publisher(js: JetStreamContext, subject: str = vnats.AUDIO_SUBJECT, **options: object):

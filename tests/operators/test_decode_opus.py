@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from typing import Any
@@ -97,6 +98,24 @@ def test_a_sequence_jump_resets_the_decoder_without_concealment():
     assert stats == {"decoder_reset": 1}
 
 
+def test_a_frame_a_jitter_buffer_marked_resynced_resets_the_decoder():
+    # A jump of 10 would be a loss; the jitter buffer saw a restart: no concealment.
+    restart = dataclasses.replace(audio_frame(12, DEFAULT_SPEAKERS["a"]), resynced=True)
+    stats: Counter[str] = Counter()
+    with voice_marbles() as m:
+        result = m.start(m.hot("-1-2-r-|", {"r": restart}).pipe(vops.decode_opus(stats=stats)))
+        assert result == m.exp("-p1-p2-p12-|")
+    assert stats == {"decoder_reset": 1}
+
+
+def test_the_jitter_buffers_restart_flag_reaches_the_decoder():
+    # The decoder alone (max_gap 10000) would take the jump for a loss and conceal it.
+    with voice_marbles() as m:
+        decode = vops.decode_opus(max_gap=10_000)
+        frames = m.hot("-1-2-5000-5001-|").pipe(vops.jitter_buffer(), decode)
+        assert m.start(frames) == m.exp("-p1-p2---(p5000,p5001)-|")
+
+
 def test_a_new_ssrc_gets_a_fresh_decoder():
     speakers = {**DEFAULT_SPEAKERS, "A": ToneSpeaker("1001", 11, 440.0)}
     with voice_marbles(speakers=speakers) as m:
@@ -131,7 +150,7 @@ def test_a_raising_diagnostic_callback_errors_the_pipeline():
 
 def test_decoding_on_a_scheduler_keeps_each_users_order():
     with voice_marbles() as m:
-        op = vops.decode_opus(scheduler=m.scheduler)
+        op = vops.decode_opus(decode_on=m.scheduler)
         result = m.start(m.hot("-1-b1-(2,b2,3)-b4-|").pipe(op))
         # One drain per user: a's queued frames decode together, then b's.
         assert result == m.exp("-p1-bp1-(p2,p3,bp2)-(bf3,bp4)-|")
@@ -143,7 +162,7 @@ def test_decoding_on_a_thread_pool():
     out: list[PcmChunk] = []
     done = threading.Event()
     pool = ThreadPoolScheduler(3)
-    subject.pipe(vops.decode_opus(scheduler=pool)).subscribe(
+    subject.pipe(vops.decode_opus(decode_on=pool)).subscribe(
         out.append, lambda e: done.set(), done.set
     )
     for n in range(30):

@@ -10,6 +10,7 @@ import pytest
 from reactivex import operators as ops
 
 from rxvoice import operators as vops
+from rxvoice.errors import UsageError
 from rxvoice.events import AudioFrame, Diagnostic
 from rxvoice.protocol.crypto import EncryptionMode, RtpCrypto, TransportCipher
 from rxvoice.protocol.dave import DaveManager
@@ -110,7 +111,7 @@ def test_dave_layer_is_removed_with_the_senders_key():
 
 @dataclass
 class Session:
-    """What decrypt reads from a Connection: rtp, dave and ssrcs, replaced on reconnect."""
+    """What decrypt_session reads from a Connection: rtp, dave and ssrcs, replaced on reconnect."""
 
     rtp: RtpCrypto | None = None
     dave: DaveManager | None = None
@@ -139,10 +140,16 @@ def test_a_session_is_read_at_every_datagram():
         session_source = m.hot("-o-k-n-|", lookup).pipe(
             ops.do_action(rotate), ops.filter(lambda x: isinstance(x, bytes))
         )
-        result = m.start(session_source.pipe(vops.decrypt(session, stats=stats)), describe=False)
+        op = vops.decrypt_session(session, stats=stats)
+        result = m.start(session_source.pipe(op), describe=False)
     frames = [f for f in values(result) if isinstance(f, AudioFrame)]
     # Before the session description nothing can be opened; after, the new key is used.
     assert [(f.user_id, f.opus) for f in frames] == [("1001", b"\x02")]
     assert stats == {"no_keys": 1}
     # The session form stamps the Connection's clock (monotonic), not the scheduler's.
     assert before <= frames[0].received_at <= time.monotonic()
+
+
+def test_decrypt_takes_a_cipher_and_points_a_session_to_decrypt_session():
+    with pytest.raises(UsageError, match="decrypt_session"):
+        vops.decrypt(Session())  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ def speech_for_asr(frames: Observable[AudioFrame]) -> Observable[PcmChunk]:
         vops.decode_opus(),
         vops.to_mono(),
         vops.resample(16_000),
-        vops.buffer_duration(100),
+        vops.buffer_duration(0.1),
     )
 
 

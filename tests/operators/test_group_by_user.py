@@ -88,9 +88,9 @@ def test_unknown_users_are_dropped_or_grouped_under_none():
 
 def m_frame(user_id: str | None, n: int) -> Any:
     from rxvoice.events import AudioFrame
-    from rxvoice.testing.packets import SILENCE_FRAME, rtp_frame
+    from rxvoice.testing.packets import SILENCE_FRAME
 
-    return AudioFrame(user_id, 1, rtp_frame(n, 1, SILENCE_FRAME))
+    return AudioFrame(user_id, 1, n, n * 960, SILENCE_FRAME)
 
 
 def test_errors_reach_the_groups_and_the_outer_stream():

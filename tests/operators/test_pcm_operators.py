@@ -33,12 +33,12 @@ def test_buffer_duration_joins_and_cuts_per_user():
     lookup |= {f"b{n}": chunk(B, n, constant(-n)) for n in range(2)}
     with voice_marbles() as m:
         source = m.hot("-a0-a1-b0-a2-b1-a3-a4-|", lookup)
-        result = m.start(source.pipe(vops.buffer_duration(40)))
+        result = m.start(source.pipe(vops.buffer_duration(0.04)))
         # a's 40 ms chunks at frames 0 and 2; b's at 0; a's last 20 ms on completion.
         assert result == m.exp("---p0-----bp0-p2---(p4,|)")
     with voice_marbles() as m:
         raw = values(
-            m.start(m.hot("-a0-a1-a2-|", lookup).pipe(vops.buffer_duration(30)), describe=False)
+            m.start(m.hot("-a0-a1-a2-|", lookup).pipe(vops.buffer_duration(0.03)), describe=False)
         )
     assert [c.samples for c in raw] == [1440, 1440]
     assert [c.timestamp for c in raw] == [0, 1440]
@@ -50,7 +50,7 @@ def test_buffer_duration_flags_and_bad_argument():
     lookup = {"x": chunk(A, 0, constant(1)), "y": chunk(A, 1, constant(1), concealed=True)}
     with voice_marbles() as m:
         [out] = values(
-            m.start(m.hot("-x-y-|", lookup).pipe(vops.buffer_duration(40)), describe=False)
+            m.start(m.hot("-x-y-|", lookup).pipe(vops.buffer_duration(0.04)), describe=False)
         )
     assert out.concealed and not out.recovered
     with pytest.raises(UsageError):

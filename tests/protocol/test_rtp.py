@@ -232,10 +232,14 @@ def test_packet_frame(header, payload):
     assert plain == RtpHeader(
         header.sequence, header.timestamp, header.ssrc, header.payload_type, header.marker
     )
-    audio = AudioFrame(user_id=None, ssrc=header.ssrc, frame=frame)
+    audio = AudioFrame.from_packet(frame)
+    assert audio.ssrc == header.ssrc
     assert audio.sequence == header.sequence
     assert audio.timestamp == header.timestamp
+    assert audio.marker == header.marker
     assert audio.opus == payload
+    if header.payload_type == OPUS_PAYLOAD_TYPE:
+        assert audio.frame == frame  # derived back, byte for byte
 
 
 @given(

@@ -57,7 +57,7 @@ def test_heartbeat_tracker_counts_missed_acks_and_rtt():
     first = hb.beat(10.0, 3)
     assert isinstance(first, Heartbeat)
     assert hb.ack(HeartbeatAck(first.nonce + 1), 10.01) is None  # not ours
-    assert hb.ack(HeartbeatAck(first.nonce), 10.05) == pytest.approx(50.0)
+    assert hb.ack(HeartbeatAck(first.nonce), 10.05) == pytest.approx(0.05)
     assert hb.missed == 0
     hb.beat(11.0, 3)
     hb.beat(12.0, 3)
@@ -81,5 +81,5 @@ def test_a_late_ack_still_proves_the_connection_alive():
     first = hb.beat(1.0, None)
     hb.beat(2.0, None)  # the first is still unanswered
     assert hb.missed == 1
-    assert hb.ack(HeartbeatAck(first.nonce), 2.5) == pytest.approx(1500.0)
+    assert hb.ack(HeartbeatAck(first.nonce), 2.5) == pytest.approx(1.5)
     assert hb.missed == 0 and not hb.dead

@@ -82,7 +82,8 @@ async def test_awaited_without_joining_sees_the_handshake_and_survives_gateway_d
         frames = Recorder(conn.on_audio_frame)
         await until_in_group(conn, speaker.user_id)
         await speaker.talk(5)
-        assert payloads_of(frames.items, speaker.user_id) == await hear_everything(frames, speaker)
+        expected = await hear_everything(frames, speaker)  # wait first, then look
+        assert payloads_of(frames.items, speaker.user_id) == expected
 
         shard = conn.gateway_shard
         await conn.disconnect()

@@ -1,0 +1,578 @@
+"""The receive path of a voice connection, without I/O: datagrams in, frames out.
+
+:class:`VoiceReceiver` does every step between the UDP socket and the
+application's streams, once, in the style of aioquic's ``QuicConnection``: the
+caller hands it datagrams with the current time (:meth:`VoiceReceiver.receive`),
+asks when to call again (:meth:`VoiceReceiver.next_deadline`) and calls
+:meth:`VoiceReceiver.poll` then. Every call returns a :class:`Received`: the
+frames in arrival order, the frames and gap markers in sequence order, and the
+problems it survived. Nothing raises on bad input; a bad datagram is counted
+(:class:`ReceiverStats`) and reported.
+
+The steps, in order:
+
+1. **classify**: RTCP, keepalives and other non-RTP datagrams are counted and dropped.
+2. **transport open**: the session's :class:`~rxvoice.protocol.crypto.TransportCipher`
+   removes the AEAD layer, RTP padding and the header-extension body; a
+   non-Opus payload type is counted and dropped.
+3. **attribution**: the SSRC is looked up in :attr:`VoiceReceiver.ssrcs` (op 5
+   fills it through :meth:`VoiceReceiver.map`). Packets of an SSRC not mapped
+   yet are held, bounded in count and age (``hold_time``); when their
+   mapping comes they go on in order, when they expire they go on without a
+   user (see step 4).
+4. **DAVE**: the :class:`~rxvoice.protocol.dave.DaveManager` removes the
+   end-to-end layer with the sender's key. A DAVE frame that fails may have
+   been sealed with keys of a commit not processed yet: it is kept
+   (``retry_window`` seconds, ``retry_limit`` frames in all) and tried again
+   once the manager's keys change (:attr:`DaveManager.generation`); what still
+   fails then, or ages out, counts as a DAVE failure. A frame of an
+   unattributed SSRC is only opened when no key is needed (silence, plain
+   frames in a call without DAVE): ciphertext is never passed on.
+5. **jitter buffer**: one :class:`~rxvoice.protocol.jitter.JitterBuffer` per
+   SSRC puts frames back in sequence order with :class:`~rxvoice.events.AudioGap`
+   markers for losses; the first frame after a sender restart carries
+   ``resynced=True``. The buffer of an SSRC quiet for ``forget_after``
+   seconds is flushed and forgotten (SSRCs churn in a long call).
+
+Operators use parts of it: ``decrypt`` steps 1-4 (no hold, its own
+``user_of``), ``jitter_buffer`` step 5 (:meth:`VoiceReceiver.push`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from rxvoice.errors import ProtocolError
+from rxvoice.events import AudioFrame, AudioGap, Diagnostic, DiagnosticKind
+from rxvoice.protocol.daveframe import is_dave_frame
+from rxvoice.protocol.jitter import (
+    DEFAULT_CAPACITY,
+    DEFAULT_LATENCY,
+    JitterBuffer,
+    JitterPacket,
+    Release,
+)
+from rxvoice.protocol.rtp import OPUS_PAYLOAD_TYPE, DatagramKind, RtpPacket, classify
+from rxvoice.protocol.ssrcmap import SsrcMap
+
+if TYPE_CHECKING:
+    from rxvoice.protocol.crypto import TransportCipher
+    from rxvoice.protocol.dave import DaveManager
+
+__all__ = [
+    "IDLE_FORGET",
+    "RETRY_LIMIT",
+    "RETRY_WINDOW",
+    "IdleStreams",
+    "Received",
+    "ReceiverStats",
+    "VoiceReceiver",
+]
+
+logger = logging.getLogger(__name__)
+
+RETRY_WINDOW = 2.0
+"""Seconds a frame that failed DAVE decryption waits for new keys before it counts as failed."""
+
+RETRY_LIMIT = 256
+"""The most frames waiting for new DAVE keys at once; the oldest fails beyond it."""
+
+IDLE_FORGET = 60.0
+"""Seconds without a packet after which an SSRC's state (jitter buffer, decoder) is forgotten."""
+
+_K = TypeVar("_K")
+
+
+class IdleStreams(Generic[_K]):
+    """Tells which streams have been quiet for a while, so their state can go.
+
+    SSRCs churn (every reconnect brings a new one; users leave): a long-lived
+    receiver must not keep a jitter buffer or an Opus decoder for each one it
+    ever saw. A forgotten stream that comes back simply starts afresh.
+
+    Args:
+        after: Seconds of silence before a stream counts as gone; streams are
+            swept at most once per ``after``, so the cost per item is O(1).
+    """
+
+    __slots__ = ("_after", "_next_sweep", "_seen")
+
+    def __init__(self, after: float = IDLE_FORGET) -> None:
+        self._after = after
+        self._seen: dict[_K, float] = {}
+        self._next_sweep = float("-inf")
+
+    def touch(self, key: _K, now: float) -> bool:
+        """Note that ``key`` was active at ``now``.
+
+        Returns:
+            Whether ``key`` comes back after a quiet spell longer than
+            ``after`` (its state should start afresh, swept or not).
+        """
+        seen = self._seen.get(key)
+        self._seen[key] = now
+        return seen is not None and now - seen > self._after
+
+    def expired(self, now: float) -> list[_K]:
+        """Return (and stop tracking) the streams quiet for more than ``after`` seconds."""
+        if self._next_sweep - self._after <= now < self._next_sweep:
+            return []  # swept less than ``after`` ago (a clock gone back sweeps too)
+        self._next_sweep = now + self._after
+        horizon = now - self._after
+        gone = [key for key, seen in self._seen.items() if seen < horizon]
+        for key in gone:
+            del self._seen[key]
+        return gone
+
+    def forget(self, key: _K) -> None:
+        """Stop tracking ``key``."""
+        self._seen.pop(key, None)
+
+
+@dataclass(slots=True)
+class ReceiverStats:
+    """What a receiver counted (a :class:`rxvoice.ConnectionStats` adds the rest).
+
+    Attributes:
+        packets_received: RTP datagrams (RTCP, keepalives and others excluded).
+        packets_decrypted: RTP packets with an Opus payload that passed
+            transport decryption.
+        rtcp_received: RTCP datagrams (counted, not interpreted).
+        other_datagrams: Keepalive echoes, unknown datagrams and RTP packets
+            of another payload type.
+        malformed_packets: RTP packets too malformed to be read.
+        undecryptable_packets: RTP packets that failed transport decryption.
+        dave_failures: Frames whose DAVE layer could not be removed (after the
+            retry, when one was due).
+        dave_retried: Frames that failed DAVE decryption first and opened
+            once new keys arrived.
+        unmapped_expired: Packets whose SSRC got no user within the hold.
+    """
+
+    packets_received: int = 0
+    packets_decrypted: int = 0
+    rtcp_received: int = 0
+    other_datagrams: int = 0
+    malformed_packets: int = 0
+    undecryptable_packets: int = 0
+    dave_failures: int = 0
+    dave_retried: int = 0
+    unmapped_expired: int = 0
+
+
+@dataclass(slots=True)
+class Received:
+    """What one call of a :class:`VoiceReceiver` produced.
+
+    Attributes:
+        raw: Decrypted frames in arrival order (for ``on_raw_audio_frame``).
+        ordered: Frames and gap markers in sequence order per SSRC, as the
+            jitter buffers released them (empty without reordering).
+        diagnostics: Problems survived (only when :attr:`VoiceReceiver.diagnose`).
+    """
+
+    raw: list[AudioFrame] = field(default_factory=list)
+    ordered: list[AudioFrame | AudioGap] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+# A held packet: when it arrived, and the packet.
+_Held = tuple[float, RtpPacket]
+
+
+class VoiceReceiver:
+    """Every receive step of one voice session: see the module docstring.
+
+    Args:
+        cipher: The transport cipher; ``None`` until the session description
+            (datagrams before it are reported as ``no_keys``).
+        dave: The DAVE session; ``None`` for transport encryption only.
+        user_of: Attribute SSRCs with this function instead of :attr:`ssrcs`
+            (an application's own map): nothing is held then, and an unknown
+            SSRC's frame goes on without a user.
+        reorder: Run the jitter buffers (step 5); without it only
+            :attr:`Received.raw` is filled.
+        latency: Seconds a jitter buffer waits for a missing packet (the
+            minimum when adaptive).
+        capacity: Packets a jitter buffer holds at most per SSRC.
+        max_latency: Enables adaptive jitter latency up to this many seconds.
+        hold_time: Seconds packets of an unmapped SSRC are held (0: not held).
+        hold_limit: Packets held at most per unmapped SSRC.
+        max_unmapped: Unmapped SSRCs held at most at once.
+        retry_window: See :data:`RETRY_WINDOW`.
+        retry_limit: See :data:`RETRY_LIMIT`.
+        forget_after: Seconds without a packet before an SSRC's jitter buffer
+            is forgotten.
+        stats: Where to count (e.g. a Connection's cumulative stats); a new
+            :class:`ReceiverStats` by default.
+        counts: Also count every event by name (a diagnostic's kind, or
+            ``not_rtp_<kind>``, ``not_opus``), as the operators' ``stats`` do.
+
+    Raises:
+        UsageError: A jitter-buffer argument is out of range.
+    """
+
+    def __init__(
+        self,
+        cipher: TransportCipher | None = None,
+        dave: DaveManager | None = None,
+        *,
+        user_of: Callable[[int], str | None] | None = None,
+        reorder: bool = True,
+        latency: float = DEFAULT_LATENCY,
+        capacity: int = DEFAULT_CAPACITY,
+        max_latency: float | None = None,
+        hold_time: float = 1.0,
+        hold_limit: int = 50,
+        max_unmapped: int = 64,
+        retry_window: float = RETRY_WINDOW,
+        retry_limit: int = RETRY_LIMIT,
+        forget_after: float = IDLE_FORGET,
+        stats: ReceiverStats | None = None,
+        counts: Counter[str] | None = None,
+    ) -> None:
+        self.cipher = cipher
+        self.dave = dave
+        self.ssrcs: SsrcMap[_Held] = SsrcMap(
+            hold_time=hold_time, hold_limit=hold_limit, max_unmapped=max_unmapped
+        )
+        self._user_of = user_of if user_of is not None else self.ssrcs.user_of
+        self._hold = user_of is None and hold_time > 0
+        self.reorder = reorder
+        self._latency, self._capacity, self._max_latency = latency, capacity, max_latency
+        if reorder:
+            self._new_jitter()  # a bad argument raises UsageError now
+        self.jitters: dict[int, JitterBuffer[AudioFrame]] = {}
+        # SSRCs whose buffer may hold something (a subset of the jitters' keys).
+        self._waiting: set[int] = set()
+        self._idle: IdleStreams[int] = IdleStreams(forget_after)
+        self.retry_window, self.retry_limit = retry_window, retry_limit
+        self._retry: deque[tuple[float, str, RtpPacket]] = deque()
+        self._generation = dave.generation if dave is not None else 0
+        self.stats = stats if stats is not None else ReceiverStats()
+        self.counts = counts
+        self.diagnose = True
+        """Build :class:`Diagnostic` values (a caller with nobody to tell may turn it off)."""
+        self._out = Received()
+
+    # -- input ----------------------------------------------------------------------
+
+    def set_keys(self, cipher: TransportCipher | None, dave: DaveManager | None) -> None:
+        """Use new keys (a session description, or a session that replaced another).
+
+        Frames waiting for a DAVE retry belonged to the old keys and are dropped.
+        """
+        if dave is not self.dave:
+            self._retry.clear()
+            self._generation = dave.generation if dave is not None else 0
+        self.cipher, self.dave = cipher, dave
+
+    def receive(self, datagrams: Iterable[bytes], now: float) -> Received:
+        """Take received datagrams (oldest first) through every step.
+
+        Args:
+            datagrams: What the socket delivered, oldest first.
+            now: The current time in seconds (monotonic; the frames' ``received_at``).
+
+        Returns:
+            What can be passed on now.
+        """
+        out = self._out = Received()
+        self._check_keys(now)
+        cipher = self.cipher
+        stats = self.stats
+        user_of = self._user_of
+        hold = self._hold
+        for datagram in datagrams:
+            kind = classify(datagram)
+            if kind is not DatagramKind.RTP:
+                if kind is DatagramKind.RTCP:
+                    stats.rtcp_received += 1
+                else:
+                    stats.other_datagrams += 1
+                if self.counts is not None:
+                    self.counts[f"not_rtp_{kind.value}"] += 1
+                continue
+            stats.packets_received += 1
+            if cipher is None:
+                self._problem(DiagnosticKind.NO_KEYS, "datagram before the session description")
+                continue
+            try:
+                packet = cipher.open(datagram)
+            except ProtocolError as exc:
+                stats.undecryptable_packets += 1
+                self._problem(DiagnosticKind.UNDECRYPTABLE_PACKET, str(exc))
+                continue
+            header = packet.header
+            if header.payload_type != OPUS_PAYLOAD_TYPE:
+                stats.other_datagrams += 1
+                if self.counts is not None:
+                    self.counts["not_opus"] += 1
+                continue
+            stats.packets_decrypted += 1
+            user = user_of(header.ssrc)
+            if user is None and hold:
+                self.ssrcs.hold(header.ssrc, (now, packet), now)
+                continue
+            self._deliver(user, packet, now, now)
+        if self._retry:
+            self._expire_retries(now)
+        return out
+
+    def push(self, frame: AudioFrame, now: float) -> Received:
+        """Take an already decrypted frame into its SSRC's jitter buffer (step 5 only).
+
+        Args:
+            frame: The frame; its ``user_id``, when set, attributes its SSRC.
+            now: The current time in seconds.
+
+        Returns:
+            What the jitter buffer releases (in :attr:`Received.ordered`).
+        """
+        out = self._out = Received()
+        user = frame.user_id
+        if user is not None and self._user_of(frame.ssrc) != user:
+            self.ssrcs.map(frame.ssrc, user)
+        self._accept(frame, now, raw=False)
+        return out
+
+    def map(self, ssrc: int, user_id: str, now: float) -> Received:
+        """Record that ``user_id`` sends on ``ssrc`` (op 5); held packets go on, in order.
+
+        Args:
+            ssrc: The SSRC.
+            user_id: Its sender.
+            now: The current time in seconds.
+
+        Returns:
+            The held packets' frames.
+        """
+        out = self._out = Received()
+        for arrived, packet in self.ssrcs.map(ssrc, user_id):
+            self._deliver(user_id, packet, arrived, now)
+        return out
+
+    def forget_user(self, user_id: str) -> Received:
+        """``user_id`` left (op 13): release what their jitter buffers hold, forget their SSRCs.
+
+        Returns:
+            The released frames and gap markers.
+        """
+        out = self._out = Received()
+        for ssrc in self.ssrcs.ssrcs_of(user_id):
+            self._forget_ssrc(ssrc)
+            self._idle.forget(ssrc)
+        self.ssrcs.forget_user(user_id)
+        return out
+
+    # -- time -----------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` has something to do, or ``None`` when nothing waits.
+
+        Calling :meth:`poll` earlier is harmless; later only delays what it releases.
+        """
+        deadline = self.ssrcs.next_expiry()
+        if self._retry:
+            retry = self._retry[0][0] + self.retry_window
+            deadline = retry if deadline is None else min(deadline, retry)
+        jitters = self.jitters
+        for ssrc in list(self._waiting):
+            due = jitters[ssrc].next_deadline()
+            if due is None:
+                self._waiting.discard(ssrc)
+            elif deadline is None or due < deadline:
+                deadline = due
+        return deadline
+
+    def poll(self, now: float) -> Received:
+        """Do what is due at ``now``, and retry DAVE frames if the keys changed since.
+
+        Call it at :meth:`next_deadline`, and after handing the DAVE manager a
+        gateway message (new keys open waiting frames).
+
+        Args:
+            now: The current time in seconds.
+
+        Returns:
+            Frames of expired holds and DAVE retries, and what jitter buffers
+            release: gap markers for losses waited on long enough, and the
+            frames held behind them.
+        """
+        out = self._out = Received()
+        self._check_keys(now)
+        if self._hold:
+            self._unhold(now, now)
+        if self._retry:
+            self._expire_retries(now)
+        jitters = self.jitters
+        for ssrc in list(self._waiting):
+            jitter = jitters[ssrc]
+            released = jitter.poll(now)
+            if released:
+                self._release(ssrc, released)
+            if not jitter.held:
+                self._waiting.discard(ssrc)
+        return out
+
+    def flush(self, now: float) -> Received:
+        """The stream ends: everything held goes out or counts as failed.
+
+        Held packets of unmapped SSRCs go on without a user, frames waiting
+        for new DAVE keys count as failures, and every jitter buffer releases
+        what it holds (with gap markers) and is forgotten.
+
+        Args:
+            now: The current time in seconds.
+
+        Returns:
+            Everything released.
+        """
+        out = self._out = Received()
+        if self._hold:
+            self._unhold(float("inf"), now)
+        while self._retry:
+            _, user, packet = self._retry.popleft()
+            self._dave_failed(user, packet.header.ssrc)
+        for ssrc in list(self.jitters):
+            self._forget_ssrc(ssrc)
+            self._idle.forget(ssrc)
+        return out
+
+    # -- internals ------------------------------------------------------------------
+
+    def _new_jitter(self) -> JitterBuffer[AudioFrame]:
+        return JitterBuffer(
+            capacity=self._capacity, latency=self._latency, max_latency=self._max_latency
+        )
+
+    def _unhold(self, until: float, now: float) -> None:
+        """Packets held since before ``until - hold_time`` go on without a user."""
+        for _, (arrived, packet) in self.ssrcs.expire(until):
+            self.stats.unmapped_expired += 1
+            self._deliver(None, packet, arrived, now)  # opens only if no key is needed
+
+    def _deliver(self, user: str | None, packet: RtpPacket, arrived: float, now: float) -> None:
+        """Remove the DAVE layer (step 4) and pass the frame on."""
+        payload = packet.payload
+        dave = self.dave
+        if dave is not None:
+            opus = (
+                dave.decrypt(user, payload, now)
+                if user is not None
+                else dave.open_unattributed(payload)
+            )
+            if opus is None:
+                if user is not None and is_dave_frame(payload):
+                    # Perhaps sealed with keys of a commit we have not processed
+                    # yet: retry once the keys change.
+                    retry = self._retry
+                    if len(retry) >= self.retry_limit:
+                        _, old_user, old = retry.popleft()
+                        self._dave_failed(old_user, old.header.ssrc)
+                    retry.append((arrived, user, packet))
+                else:
+                    self._dave_failed(user, packet.header.ssrc)
+                return
+            payload = opus
+        self._opened(user, packet, payload, arrived, now)
+
+    def _opened(
+        self, user: str | None, packet: RtpPacket, opus: bytes, arrived: float, now: float
+    ) -> None:
+        h = packet.header
+        self._accept(
+            AudioFrame(user, h.ssrc, h.sequence, h.timestamp, opus, arrived, h.marker), now
+        )
+
+    def _accept(self, frame: AudioFrame, now: float, *, raw: bool = True) -> None:
+        """Pass a decrypted frame on as it arrived, and into its jitter buffer (step 5)."""
+        if raw:
+            self._out.raw.append(frame)
+        if not self.reorder:
+            return
+        ssrc = frame.ssrc
+        idle = self._idle
+        if idle.touch(ssrc, now):
+            self._forget_ssrc(ssrc)  # back after a quiet spell: start afresh
+        for gone in idle.expired(now):
+            self._forget_ssrc(gone)
+        jitter = self.jitters.get(ssrc)
+        if jitter is None:
+            jitter = self.jitters[ssrc] = self._new_jitter()
+        released = jitter.push(frame.sequence, frame.timestamp, frame, now)
+        if released:
+            self._release(ssrc, released)
+        if jitter.held:
+            self._waiting.add(ssrc)
+
+    def _release(self, ssrc: int, released: list[Release[AudioFrame]]) -> None:
+        ordered = self._out.ordered
+        for item in released:
+            if isinstance(item, JitterPacket):
+                frame = item.item
+                ordered.append(replace(frame, resynced=True) if item.resynced else frame)
+            else:
+                ordered.append(
+                    AudioGap(self._user_of(ssrc), ssrc, item.sequence, item.count, item.timestamp)
+                )
+
+    def _forget_ssrc(self, ssrc: int) -> None:
+        """Release what an SSRC's jitter buffer holds and forget the buffer."""
+        jitter = self.jitters.pop(ssrc, None)
+        self._waiting.discard(ssrc)
+        if jitter is not None:
+            released = jitter.flush()
+            if released:
+                self._release(ssrc, released)
+
+    def _check_keys(self, now: float) -> None:
+        dave = self.dave
+        if dave is not None and dave.generation != self._generation:
+            self._generation = dave.generation
+            if self._retry:
+                self._retry_all(now)
+
+    def _retry_all(self, now: float) -> None:
+        """New DAVE keys: try the frames that failed before them once more."""
+        waiting = list(self._retry)
+        self._retry.clear()
+        dave = self.dave
+        assert dave is not None
+        for arrived, user, packet in waiting:
+            opus = None
+            if now - arrived <= self.retry_window:
+                opus = dave.decrypt(user, packet.payload, now)
+            if opus is None:
+                self._dave_failed(user, packet.header.ssrc)
+                continue
+            self.stats.dave_retried += 1
+            self._opened(user, packet, opus, arrived, now)
+
+    def _expire_retries(self, now: float) -> None:
+        retry = self._retry
+        horizon = now - self.retry_window
+        while retry and retry[0][0] < horizon:
+            _, user, packet = retry.popleft()
+            self._dave_failed(user, packet.header.ssrc)
+
+    def _dave_failed(self, user: str | None, ssrc: int) -> None:
+        self.stats.dave_failures += 1
+        self._problem(
+            DiagnosticKind.DAVE_DECRYPT_FAILED, "frame could not be DAVE-decrypted", ssrc, user
+        )
+
+    def _problem(
+        self, kind: DiagnosticKind, detail: str, ssrc: int | None = None, user: str | None = None
+    ) -> None:
+        """Count and report one problem (the caller counted it in :attr:`stats`)."""
+        if self.counts is not None:
+            self.counts[kind] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: %s (ssrc=%s user=%s)", kind.value, detail, ssrc, user)
+        if self.diagnose:
+            self._out.diagnostics.append(Diagnostic(kind, detail, ssrc, user))
