@@ -7,7 +7,9 @@ The voice WebSocket carries two kinds of frames (protocol.md §1.2, §5.5):
 - **binary** frames carry only the DAVE MLS opcodes 25-30. Server to client:
   ``seq u16 BE | op u8 | payload``; client to server: ``op u8 | payload``.
 
-Each message is a frozen dataclass with an ``op`` class variable. :func:`parse`
+Each message is a frozen dataclass with an ``op`` class variable; each field's
+metadata says how it travels (JSON key and check, or binary layout), and one
+generic reader and writer per frame kind follow that table. :func:`parse`
 (or :func:`parse_text` / :func:`parse_binary`) turns a frame into an
 :class:`Envelope` holding the message and its ``seq``; :func:`serialize` turns a
 message back into a frame. Opcodes this module does not know become
@@ -141,6 +143,9 @@ class ProposalsOperation(enum.IntEnum):
 # -- field validation ------------------------------------------------------------------
 # Each check names the field but never shows its value (it may be a token or key).
 
+_Check: TypeAlias = Callable[[object, str], object]
+"""A field's check: ``(value, name for errors)`` to the valid value, or an error."""
+
 
 def _fail(what: str, exc: type[RxVoiceError] = MalformedMessage) -> NoReturn:
     raise exc(what)
@@ -159,10 +164,6 @@ def _check_bytes(value: object, what: str) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
         _fail(f"{what} must be bytes", UsageError)
     return bytes(value)
-
-
-_Check: TypeAlias = Callable[[object, str], object]
-"""A field's check: ``(value, name for errors)`` to the valid value, or an error."""
 
 
 def _check_array(value: object, what: str) -> list[object]:
@@ -251,6 +252,10 @@ def _array_of(item: _Check) -> _Check:
     return check
 
 
+def _check_operation(value: object, what: str) -> ProposalsOperation:
+    return ProposalsOperation(_check_int(value, what, 0, 1))
+
+
 def _key_to_json(value: object, what: str) -> list[int]:
     return list(_check_bytes(value, what))
 
@@ -266,13 +271,14 @@ _seq_ack: _Check = partial(_check_int, lo=-1, hi=_U64)  # -1: nothing received y
 
 @dataclass(frozen=True, slots=True)
 class _Field:
-    """How one message field travels in the frame's ``d`` (see :func:`_json`)."""
+    """How one message field travels (see :func:`_json` and :func:`_big_endian`)."""
 
     check: _Check
-    key: str
-    optional: bool
-    inside: str | None
-    to_json: _Check | None
+    key: str = ""
+    optional: bool = False
+    inside: str | None = None
+    to_json: _Check | None = None
+    size: int = 0  # binary: the bytes of a big-endian integer; 0 for the rest of the payload
     # Filled in from the dataclass field by _build_table().
     name: str = ""
     what: str = ""
@@ -297,7 +303,16 @@ def _json(
         to_json: Converts the field's value to JSON (a tuple to a list, ...);
             raises UsageError. Without it the value is written as it is.
     """
-    return {"json": _Field(check, key, optional, inside, to_json)}
+    return {"wire": _Field(check, key, optional, inside, to_json)}
+
+
+def _big_endian(size: int, check: _Check) -> dict[str, _Field]:
+    """Describe a binary message's leading field: an unsigned ``size``-byte integer."""
+    return {"wire": _Field(check, size=size)}
+
+
+#: A binary message's last field: the rest of the payload.
+_REST = {"wire": _Field(_check_bytes)}
 
 
 def _build_table(cls: type) -> tuple[_Field, ...]:
@@ -309,23 +324,30 @@ def _build_table(cls: type) -> tuple[_Field, ...]:
             what=f"{cls.__name__}.{spec.key or f.name}",
         )
         for f in fields(cls)
-        for spec in [f.metadata["json"]]
+        for spec in [f.metadata["wire"]]
     ]
     # Keys of nested objects come after the flat keys, on the wire and when checked.
     return tuple(sorted(table, key=lambda spec: spec.inside is not None))
 
 
-class _JsonMessage:
-    """A message sent as a JSON text frame, mapped to and from ``d`` by its field table."""
+class _Message:
+    """A known message: its opcode and the field table its frames are read and written by."""
 
     __slots__ = ()
     op: ClassVar[Opcode]
     _table: ClassVar[tuple[_Field, ...]] = ()
+
+
+class _JsonMessage(_Message):
+    """A message sent as a JSON text frame, mapped to and from ``d`` by its field table."""
+
+    __slots__ = ()
     #: Whether ``d`` may be the first field's bare integer (heartbeats before v8).
     _bare: ClassVar[bool] = False
 
 
 def _to_d(message: _JsonMessage) -> object:
+    """Return the frame's ``d`` for ``message``; raise MalformedMessage if a field is invalid."""
     if not message._table:
         return None
     d: dict[str, object] = {}
@@ -338,6 +360,7 @@ def _to_d(message: _JsonMessage) -> object:
             value = spec.to_json(value, spec.what)
         (d if spec.inside is None else nested.setdefault(spec.inside, {}))[spec.key] = value
     d.update(nested)
+    _from_d(type(message), d)  # what we send must parse back
     return d
 
 
@@ -368,17 +391,49 @@ def _get(o: dict[str, object], key: str, what: str) -> object:
     return o[key]
 
 
-_M = TypeVar("_M", bound="_JsonMessage | _BinaryMessage")
+class _BinaryMessage(_Message):
+    """A DAVE message sent as a binary frame: big-endian integers, then the rest."""
+
+    __slots__ = ()
+
+
+def _to_payload(message: _BinaryMessage) -> bytes:
+    """Return the bytes after the opcode; raise MalformedMessage if a field is invalid."""
+    parts: list[bytes] = []
+    for spec in message._table:
+        value = spec.check(getattr(message, spec.name), spec.what)
+        parts.append(
+            value.to_bytes(spec.size, "big") if isinstance(value, int) else cast("bytes", value)
+        )
+    return b"".join(parts)
+
+
+def _from_payload(cls: type[_BinaryMessage], payload: bytes) -> _BinaryMessage:
+    """Build a ``cls`` from the bytes after the opcode; raise MalformedMessage if invalid."""
+    values: list[object] = []
+    for spec in cls._table:
+        if not spec.size:
+            values.append(payload)
+            break
+        if len(payload) < spec.size:
+            _fail(f"{cls.__name__}: the {spec.size}-byte {spec.name} is missing")
+        values.append(spec.check(int.from_bytes(payload[: spec.size], "big"), spec.what))
+        payload = payload[spec.size :]
+    make: Callable[..., _BinaryMessage] = cls
+    return make(*values)
+
+
+_M = TypeVar("_M", bound=_Message)
 _JSON_TYPES: dict[int, type[_JsonMessage]] = {}
 _BINARY_TYPES: dict[int, type[_BinaryMessage]] = {}
 
 
 def _register(cls: type[_M]) -> type[_M]:
-    """Add a message class to the opcode tables (and build a JSON message's field table)."""
+    """Build a message class's field table and add it to the opcode tables."""
+    cls._table = _build_table(cls)
     if issubclass(cls, _JsonMessage):
-        cls._table = _build_table(cls)
         _JSON_TYPES[cls.op] = cls
-    else:
+    elif issubclass(cls, _BinaryMessage):
         _BINARY_TYPES[cls.op] = cls
     return cls
 
@@ -627,36 +682,13 @@ class DaveMlsInvalidCommitWelcome(_JsonMessage):
 # -- binary messages (protocol.md §5.5) --------------------------------------------------
 
 
-class _BinaryMessage:
-    """A DAVE message sent as a binary frame; subclasses map themselves to a payload."""
-
-    __slots__ = ()
-    op: ClassVar[Opcode]
-
-    def _to_payload(self) -> bytes:
-        """Return the bytes after the opcode; raise UsageError if a field is invalid."""
-        raise NotImplementedError
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> _BinaryMessage:
-        """Build the message from the bytes after the opcode; raise MalformedMessage."""
-        raise NotImplementedError
-
-
 @_register
 @dataclass(frozen=True, slots=True)
 class DaveMlsExternalSender(_BinaryMessage):
     """Op 25 (S→C): the ExternalSender structure, fed unchanged to ``set_external_sender``."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_EXTERNAL_SENDER
-    payload: bytes
-
-    def _to_payload(self) -> bytes:
-        return _check_bytes(self.payload, "DaveMlsExternalSender.payload")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsExternalSender:
-        return cls(payload=payload)
+    payload: bytes = field(metadata=_REST)
 
 
 @_register
@@ -665,14 +697,7 @@ class DaveMlsKeyPackage(_BinaryMessage):
     """Op 26 (C→S): a bare MLS KeyPackage (not MLSMessage-wrapped)."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_KEY_PACKAGE
-    key_package: bytes
-
-    def _to_payload(self) -> bytes:
-        return _check_bytes(self.key_package, "DaveMlsKeyPackage.key_package")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsKeyPackage:
-        return cls(key_package=payload)
+    key_package: bytes = field(metadata=_REST)
 
 
 @_register
@@ -688,19 +713,8 @@ class DaveMlsProposals(_BinaryMessage):
     """
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_PROPOSALS
-    operation: ProposalsOperation
-    payload: bytes
-
-    def _to_payload(self) -> bytes:
-        operation = _check_int(self.operation, "DaveMlsProposals.operation", 0, 1, UsageError)
-        return bytes([operation]) + _check_bytes(self.payload, "DaveMlsProposals.payload")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsProposals:
-        if not payload:
-            _fail("DaveMlsProposals: the operation byte is missing", MalformedMessage)
-        operation = _check_int(payload[0], "DaveMlsProposals.operation", 0, 1)
-        return cls(operation=ProposalsOperation(operation), payload=payload[1:])
+    operation: ProposalsOperation = field(metadata=_big_endian(1, _check_operation))
+    payload: bytes = field(metadata=_REST)
 
 
 @_register
@@ -709,25 +723,7 @@ class DaveMlsCommitWelcome(_BinaryMessage):
     """Op 28 (C→S): a commit MLSMessage, then an optional bare Welcome, unsplit."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_COMMIT_WELCOME
-    payload: bytes
-
-    def _to_payload(self) -> bytes:
-        return _check_bytes(self.payload, "DaveMlsCommitWelcome.payload")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsCommitWelcome:
-        return cls(payload=payload)
-
-
-def _split_transition(payload: bytes, name: str) -> tuple[int, bytes]:
-    if len(payload) < 2:
-        _fail(f"{name}: the 2-byte transition_id is missing", MalformedMessage)
-    return int.from_bytes(payload[:2], "big"), payload[2:]
-
-
-def _join_transition(transition_id: object, body: object, name: str, part: str) -> bytes:
-    tid = _check_int(transition_id, f"{name}.transition_id", 0, _U16, UsageError)
-    return tid.to_bytes(2, "big") + _check_bytes(body, f"{name}.{part}")
+    payload: bytes = field(metadata=_REST)
 
 
 @_register
@@ -736,16 +732,8 @@ class DaveMlsAnnounceCommitTransition(_BinaryMessage):
     """Op 29 (S→C): ``u16 BE transition_id | commit MLSMessage``."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_ANNOUNCE_COMMIT_TRANSITION
-    transition_id: int
-    commit: bytes
-
-    def _to_payload(self) -> bytes:
-        return _join_transition(self.transition_id, self.commit, type(self).__name__, "commit")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsAnnounceCommitTransition:
-        tid, commit = _split_transition(payload, cls.__name__)
-        return cls(transition_id=tid, commit=commit)
+    transition_id: int = field(metadata=_big_endian(2, _u16))
+    commit: bytes = field(metadata=_REST)
 
 
 @_register
@@ -754,16 +742,8 @@ class DaveMlsWelcome(_BinaryMessage):
     """Op 30 (S→C): ``u16 BE transition_id | bare Welcome``."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_WELCOME
-    transition_id: int
-    welcome: bytes
-
-    def _to_payload(self) -> bytes:
-        return _join_transition(self.transition_id, self.welcome, type(self).__name__, "welcome")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsWelcome:
-        tid, welcome = _split_transition(payload, cls.__name__)
-        return cls(transition_id=tid, welcome=welcome)
+    transition_id: int = field(metadata=_big_endian(2, _u16))
+    welcome: bytes = field(metadata=_REST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -966,7 +946,7 @@ def parse_binary(data: bytes, *, from_server: bool) -> Envelope:
 
     message_type = _BINARY_TYPES.get(op)
     if message_type is not None:
-        message = cast("GatewayMessage", message_type._from_payload(payload))
+        message = cast("GatewayMessage", _from_payload(message_type, payload))
     elif op in _JSON_TYPES:
         _fail(f"op {op} must arrive in a text frame, not a binary frame", MalformedMessage)
     else:
@@ -1004,11 +984,20 @@ def is_binary(message: GatewayMessage) -> bool:
     return isinstance(message, _BinaryMessage)
 
 
-def _dumps(frame: dict[str, object]) -> str:
+def _text_frame(op: int, d: object, seq: int | None) -> str:
+    frame: dict[str, object] = {"op": int(op), "d": d}
+    if seq is not None:
+        frame["seq"] = _check_int(seq, "seq", 0, _U64, UsageError)
     try:
         return json.dumps(frame, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         _fail("the message data cannot be encoded as JSON", UsageError)
+
+
+def _binary_frame(op: int, payload: bytes, seq: int | None) -> bytes:
+    if seq is None:
+        return bytes([op]) + payload
+    return struct.pack(">HB", _check_int(seq, "seq", 0, _U16, UsageError), op) + payload
 
 
 def serialize(message: GatewayMessage, *, seq: int | None = None) -> str | bytes:
@@ -1028,35 +1017,18 @@ def serialize(message: GatewayMessage, *, seq: int | None = None) -> str | bytes
         UsageError: If a field is invalid (wrong type, out of range, a key that
             is not 32 bytes, ...), or ``seq`` is out of range.
     """
-    if is_binary(message):
-        if isinstance(message, UnknownMessage):
-            if message.data is not None:
-                _fail("UnknownMessage: give data (text) or payload (binary), not both", UsageError)
-            op = _check_int(message.op, "UnknownMessage.op", 0, _U8, UsageError)
-            body = _check_bytes(message.payload, "UnknownMessage.payload")
-        else:
-            assert isinstance(message, _BinaryMessage)
-            op, body = message.op, message._to_payload()
-        if seq is None:
-            return bytes([op]) + body
-        return struct.pack(">HB", _check_int(seq, "seq", 0, _U16, UsageError), op) + body
-
-    if isinstance(message, UnknownMessage):
-        op, d = _check_int(message.op, "UnknownMessage.op", 0, _U8, UsageError), message.data
-    elif isinstance(message, _JsonMessage):
-        op = message.op
-        try:
-            d = _to_d(message)
-        except (TypeError, ValueError):  # e.g. list() over a non-iterable field
-            _fail(f"{type(message).__name__} has a field of the wrong type", UsageError)
-        # One set of rules for both directions: what we send must parse back.
-        try:
-            _from_d(type(message), d)
-        except MalformedMessage as exc:
-            raise UsageError(str(exc)) from None
-    else:
+    try:  # one set of rules for both directions: a field that would not parse is misused
+        if isinstance(message, _JsonMessage):
+            return _text_frame(message.op, _to_d(message), seq)
+        if isinstance(message, _BinaryMessage):
+            return _binary_frame(message.op, _to_payload(message), seq)
+    except MalformedMessage as exc:
+        raise UsageError(str(exc)) from None
+    if not isinstance(message, UnknownMessage):
         _fail(f"not a gateway message: {type(message).__name__}", UsageError)
-    frame: dict[str, object] = {"op": int(op), "d": d}
-    if seq is not None:
-        frame["seq"] = _check_int(seq, "seq", 0, _U64, UsageError)
-    return _dumps(frame)
+    op = _check_int(message.op, "UnknownMessage.op", 0, _U8, UsageError)
+    if message.payload is None:
+        return _text_frame(op, message.data, seq)
+    if message.data is not None:
+        _fail("UnknownMessage: give data (text) or payload (binary), not both", UsageError)
+    return _binary_frame(op, _check_bytes(message.payload, "UnknownMessage.payload"), seq)
