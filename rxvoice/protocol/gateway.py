@@ -7,7 +7,9 @@ The voice WebSocket carries two kinds of frames (protocol.md §1.2, §5.5):
 - **binary** frames carry only the DAVE MLS opcodes 25-30. Server to client:
   ``seq u16 BE | op u8 | payload``; client to server: ``op u8 | payload``.
 
-Each message is a frozen dataclass with an ``op`` class variable. :func:`parse`
+Each message is a frozen dataclass with an ``op`` class variable; each field's
+metadata says how it travels (JSON key and check, or binary layout), and one
+generic reader and writer per frame kind follow that table. :func:`parse`
 (or :func:`parse_text` / :func:`parse_binary`) turns a frame into an
 :class:`Envelope` holding the message and its ``seq``; :func:`serialize` turns a
 message back into a frame. Opcodes this module does not know become
@@ -33,8 +35,10 @@ import ipaddress
 import json
 import math
 import struct
-from dataclasses import dataclass, field
-from typing import ClassVar, NoReturn, TypeAlias, cast
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
+from typing import ClassVar, NoReturn, TypeAlias, TypeVar, cast
 
 from rxvoice.errors import MalformedMessage, RxVoiceError, UsageError
 
@@ -139,8 +143,11 @@ class ProposalsOperation(enum.IntEnum):
 # -- field validation ------------------------------------------------------------------
 # Each check names the field but never shows its value (it may be a token or key).
 
+_Check: TypeAlias = Callable[[object, str], object]
+"""A field's check: ``(value, name for errors)`` to the valid value, or an error."""
 
-def _fail(what: str, exc: type[RxVoiceError]) -> NoReturn:
+
+def _fail(what: str, exc: type[RxVoiceError] = MalformedMessage) -> NoReturn:
     raise exc(what)
 
 
@@ -166,44 +173,6 @@ def _check_array(value: object, what: str) -> list[object]:
     return list(value)
 
 
-def _object(d: object, cls: type) -> dict[str, object]:
-    if not isinstance(d, dict):
-        _fail(f"{cls.__name__}: d must be a JSON object", MalformedMessage)
-    return d
-
-
-def _get(d: dict[str, object], key: str, cls: type) -> object:
-    if key not in d:
-        _fail(f"{cls.__name__}.{key} is missing", MalformedMessage)
-    return d[key]
-
-
-def _int(d: dict[str, object], key: str, cls: type, lo: int, hi: int) -> int:
-    return _check_int(_get(d, key, cls), f"{cls.__name__}.{key}", lo, hi)
-
-
-def _opt_int(d: dict[str, object], key: str, cls: type, lo: int, hi: int) -> int | None:
-    value = d.get(key)
-    return None if value is None else _check_int(value, f"{cls.__name__}.{key}", lo, hi)
-
-
-def _str(d: dict[str, object], key: str, cls: type) -> str:
-    value = _get(d, key, cls)
-    if not isinstance(value, str):
-        _fail(f"{cls.__name__}.{key} must be a string", MalformedMessage)
-    return value
-
-
-def _ip(d: dict[str, object], key: str, cls: type) -> str:
-    # An address, never a host name: the client must not resolve what a server chose.
-    value = _str(d, key, cls)
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        _fail(f"{cls.__name__}.{key} must be an IP address", MalformedMessage)
-    return value
-
-
 def check_snowflake(value: object, what: str) -> str:
     """Return ``value`` if it is a Discord snowflake: a decimal u64 string, one spelling.
 
@@ -226,17 +195,8 @@ def check_snowflake(value: object, what: str) -> str:
         or (value[0] == "0" and value != "0")  # ids compare as strings: one spelling each
         or int(value) > _U64
     ):
-        _fail(f"{what} must be a snowflake (a decimal u64 string)", MalformedMessage)
+        _fail(f"{what} must be a snowflake (a decimal u64 string)")
     return value
-
-
-def _snowflake(d: dict[str, object], key: str, cls: type) -> str:
-    return check_snowflake(_get(d, key, cls), f"{cls.__name__}.{key}")
-
-
-def _opt_snowflake(d: dict[str, object], key: str, cls: type) -> str | None:
-    value = d.get(key)
-    return None if value is None else check_snowflake(value, f"{cls.__name__}.{key}")
 
 
 def _check_number(value: object, what: str, *, positive: bool) -> float:
@@ -248,53 +208,240 @@ def _check_number(value: object, what: str, *, positive: bool) -> float:
         if math.isfinite(number) and (number > 0 if positive else number >= 0):
             return number
     bound = "> 0" if positive else ">= 0"
-    _fail(f"{what} must be a finite number {bound}", MalformedMessage)
+    _fail(f"{what} must be a finite number {bound}")
 
 
-def _list(d: dict[str, object], key: str, cls: type) -> list[object]:
-    value = _get(d, key, cls)
-    if not isinstance(value, list):
-        _fail(f"{cls.__name__}.{key} must be an array", MalformedMessage)
+def _check_object(value: object, what: str) -> dict[str, object]:
+    if not isinstance(value, dict):
+        _fail(f"{what} must be a JSON object")
     return value
 
 
-# -- message bases -----------------------------------------------------------------------
+def _check_str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        _fail(f"{what} must be a string")
+    return value
 
 
-class _JsonMessage:
-    """A message sent as a JSON text frame; subclasses map themselves to and from ``d``."""
+def _check_ip(value: object, what: str) -> str:
+    # An address, never a host name: the client must not resolve what a server chose.
+    text = _check_str(value, what)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        _fail(f"{what} must be an IP address")
+    return text
+
+
+def _check_key(value: object, what: str) -> bytes:
+    if (
+        not isinstance(value, list)
+        or len(value) != _SECRET_KEY_SIZE
+        or not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= _U8 for b in value)
+    ):
+        _fail(f"{what} must be an array of {_SECRET_KEY_SIZE} integers in 0..255")
+    return bytes(value)
+
+
+def _array_of(item: _Check) -> _Check:
+    def check(value: object, what: str) -> tuple[object, ...]:
+        if not isinstance(value, list):
+            _fail(f"{what} must be an array")
+        return tuple([item(i, what + "[]") for i in value])
+
+    return check
+
+
+def _check_operation(value: object, what: str) -> ProposalsOperation:
+    return ProposalsOperation(_check_int(value, what, 0, 1))
+
+
+def _key_to_json(value: object, what: str) -> list[int]:
+    return list(_check_bytes(value, what))
+
+
+_u16: _Check = partial(_check_int, lo=0, hi=_U16)
+_u32: _Check = partial(_check_int, lo=0, hi=_U32)
+_u64: _Check = partial(_check_int, lo=0, hi=_U64)
+_seq_ack: _Check = partial(_check_int, lo=-1, hi=_U64)  # -1: nothing received yet
+
+
+# -- the field table ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """How one message field travels (see :func:`_json` and :func:`_big_endian`)."""
+
+    check: _Check
+    key: str = ""
+    optional: bool = False
+    inside: str | None = None
+    to_json: _Check | None = None
+    size: int = 0  # binary: the bytes of a big-endian integer; 0 for the rest of the payload
+    # Filled in from the dataclass field by _build_table().
+    name: str = ""
+    what: str = ""
+
+
+def _json(
+    check: _Check,
+    *,
+    key: str = "",
+    optional: bool = False,
+    inside: str | None = None,
+    to_json: _Check | None = None,
+) -> dict[str, _Field]:
+    """Describe a message field, as the dataclass field's ``metadata``.
+
+    Args:
+        check: Validates and converts the JSON value; raises MalformedMessage.
+        key: The JSON key, when it is not the field's name.
+        optional: Whether the key may be missing or null (the field then takes
+            its default); a ``None`` field is left out of the frame.
+        inside: The key of the nested object that holds this one.
+        to_json: Converts the field's value to JSON (a tuple to a list, ...);
+            raises UsageError. Without it the value is written as it is.
+    """
+    return {"wire": _Field(check, key, optional, inside, to_json)}
+
+
+def _big_endian(size: int, check: _Check) -> dict[str, _Field]:
+    """Describe a binary message's leading field: an unsigned ``size``-byte integer."""
+    return {"wire": _Field(check, size=size)}
+
+
+#: A binary message's last field: the rest of the payload.
+_REST = {"wire": _Field(_check_bytes)}
+
+
+def _build_table(cls: type) -> tuple[_Field, ...]:
+    table = [
+        replace(
+            spec,
+            key=spec.key or f.name,
+            name=f.name,
+            what=f"{cls.__name__}.{spec.key or f.name}",
+        )
+        for f in fields(cls)
+        for spec in [f.metadata["wire"]]
+    ]
+    # Keys of nested objects come after the flat keys, on the wire and when checked.
+    return tuple(sorted(table, key=lambda spec: spec.inside is not None))
+
+
+class _Message:
+    """A known message: its opcode and the field table its frames are read and written by."""
 
     __slots__ = ()
     op: ClassVar[Opcode]
-
-    def _to_d(self) -> object:
-        raise NotImplementedError
-
-    @classmethod
-    def _from_d(cls, d: object) -> _JsonMessage:
-        """Build the message from the frame's ``d``; raise MalformedMessage if invalid."""
-        raise NotImplementedError
+    _table: ClassVar[tuple[_Field, ...]] = ()
 
 
-class _BinaryMessage:
-    """A DAVE message sent as a binary frame; subclasses map themselves to a payload."""
+class _JsonMessage(_Message):
+    """A message sent as a JSON text frame, mapped to and from ``d`` by its field table."""
 
     __slots__ = ()
-    op: ClassVar[Opcode]
+    #: Whether ``d`` may be the first field's bare integer (heartbeats before v8).
+    _bare: ClassVar[bool] = False
 
-    def _to_payload(self) -> bytes:
-        """Return the bytes after the opcode; raise UsageError if a field is invalid."""
-        raise NotImplementedError
 
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> _BinaryMessage:
-        """Build the message from the bytes after the opcode; raise MalformedMessage."""
-        raise NotImplementedError
+def _to_d(message: _JsonMessage) -> object:
+    """Return the frame's ``d`` for ``message``; raise MalformedMessage if a field is invalid."""
+    if not message._table:
+        return None
+    d: dict[str, object] = {}
+    nested: dict[str, dict[str, object]] = {}
+    for spec in message._table:
+        value = getattr(message, spec.name)
+        if value is None and spec.optional:
+            continue
+        if spec.to_json is not None:
+            value = spec.to_json(value, spec.what)
+        (d if spec.inside is None else nested.setdefault(spec.inside, {}))[spec.key] = value
+    d.update(nested)
+    _from_d(type(message), d)  # what we send must parse back
+    return d
+
+
+def _from_d(cls: type[_JsonMessage], d: object) -> _JsonMessage:
+    """Build a ``cls`` from a frame's ``d``; raise MalformedMessage if invalid."""
+    make: Callable[..., _JsonMessage] = cls
+    if not cls._table:
+        return make()  # d carries nothing; whatever it holds is ignored
+    if cls._bare and isinstance(d, int) and not isinstance(d, bool):
+        return make(cls._table[0].check(d, f"{cls.__name__}.d"))
+    o = _check_object(d, f"{cls.__name__}: d")
+    values: dict[str, object] = {}
+    for spec in cls._table:
+        obj = o
+        if spec.inside is not None:
+            what = f"{cls.__name__}.{spec.inside}"
+            obj = _check_object(_get(o, spec.inside, what), what)
+        if not spec.optional:
+            values[spec.name] = spec.check(_get(obj, spec.key, spec.what), spec.what)
+        elif (value := obj.get(spec.key)) is not None:
+            values[spec.name] = spec.check(value, spec.what)
+    return make(**values)
+
+
+def _get(o: dict[str, object], key: str, what: str) -> object:
+    if key not in o:
+        _fail(f"{what} is missing")
+    return o[key]
+
+
+class _BinaryMessage(_Message):
+    """A DAVE message sent as a binary frame: big-endian integers, then the rest."""
+
+    __slots__ = ()
+
+
+def _to_payload(message: _BinaryMessage) -> bytes:
+    """Return the bytes after the opcode; raise MalformedMessage if a field is invalid."""
+    parts: list[bytes] = []
+    for spec in message._table:
+        value = spec.check(getattr(message, spec.name), spec.what)
+        parts.append(
+            value.to_bytes(spec.size, "big") if isinstance(value, int) else cast("bytes", value)
+        )
+    return b"".join(parts)
+
+
+def _from_payload(cls: type[_BinaryMessage], payload: bytes) -> _BinaryMessage:
+    """Build a ``cls`` from the bytes after the opcode; raise MalformedMessage if invalid."""
+    values: list[object] = []
+    for spec in cls._table:
+        if not spec.size:
+            values.append(payload)
+            break
+        if len(payload) < spec.size:
+            _fail(f"{cls.__name__}: the {spec.size}-byte {spec.name} is missing")
+        values.append(spec.check(int.from_bytes(payload[: spec.size], "big"), spec.what))
+        payload = payload[spec.size :]
+    make: Callable[..., _BinaryMessage] = cls
+    return make(*values)
+
+
+_M = TypeVar("_M", bound=_Message)
+_JSON_TYPES: dict[int, type[_JsonMessage]] = {}
+_BINARY_TYPES: dict[int, type[_BinaryMessage]] = {}
+
+
+def _register(cls: type[_M]) -> type[_M]:
+    """Build a message class's field table and add it to the opcode tables."""
+    cls._table = _build_table(cls)
+    if issubclass(cls, _JsonMessage):
+        _JSON_TYPES[cls.op] = cls
+    elif issubclass(cls, _BinaryMessage):
+        _BINARY_TYPES[cls.op] = cls
+    return cls
 
 
 # -- JSON messages -----------------------------------------------------------------------
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class Identify(_JsonMessage):
     """Op 0 (C→S): open a new session.
@@ -308,64 +455,26 @@ class Identify(_JsonMessage):
     """
 
     op: ClassVar[Opcode] = Opcode.IDENTIFY
-    server_id: str
-    user_id: str
-    session_id: str
-    token: str = field(repr=False)
-    max_dave_protocol_version: int = 0
-
-    def _to_d(self) -> object:
-        return {
-            "server_id": self.server_id,
-            "user_id": self.user_id,
-            "session_id": self.session_id,
-            "token": self.token,
-            "max_dave_protocol_version": self.max_dave_protocol_version,
-        }
-
-    @classmethod
-    def _from_d(cls, d: object) -> Identify:
-        o = _object(d, cls)
-        return cls(
-            server_id=_snowflake(o, "server_id", cls),
-            user_id=_snowflake(o, "user_id", cls),
-            session_id=_str(o, "session_id", cls),
-            token=_str(o, "token", cls),
-            max_dave_protocol_version=_opt_int(o, "max_dave_protocol_version", cls, 0, _U16) or 0,
-        )
+    server_id: str = field(metadata=_json(check_snowflake))
+    user_id: str = field(metadata=_json(check_snowflake))
+    session_id: str = field(metadata=_json(_check_str))
+    token: str = field(repr=False, metadata=_json(_check_str))
+    max_dave_protocol_version: int = field(default=0, metadata=_json(_u16, optional=True))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class SelectProtocol(_JsonMessage):
     """Op 1 (C→S): the address found by IP discovery and the chosen encryption mode."""
 
     op: ClassVar[Opcode] = Opcode.SELECT_PROTOCOL
-    address: str
-    port: int
-    mode: str
-    protocol: str = "udp"
-
-    def _to_d(self) -> object:
-        return {
-            "protocol": self.protocol,
-            "data": {"address": self.address, "port": self.port, "mode": self.mode},
-        }
-
-    @classmethod
-    def _from_d(cls, d: object) -> SelectProtocol:
-        o = _object(d, cls)
-        protocol = _str(o, "protocol", cls)
-        data = _get(o, "data", cls)
-        if not isinstance(data, dict):
-            _fail("SelectProtocol.data must be a JSON object", MalformedMessage)
-        return cls(
-            address=_str(data, "address", cls),
-            port=_int(data, "port", cls, 0, _U16),
-            mode=_str(data, "mode", cls),
-            protocol=protocol,
-        )
+    address: str = field(metadata=_json(_check_str, inside="data"))
+    port: int = field(metadata=_json(_u16, inside="data"))
+    mode: str = field(metadata=_json(_check_str, inside="data"))
+    protocol: str = field(default="udp", metadata=_json(_check_str))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class Ready(_JsonMessage):
     """Op 2 (S→C): our SSRC, the UDP endpoint and the offered encryption modes.
@@ -375,41 +484,16 @@ class Ready(_JsonMessage):
     """
 
     op: ClassVar[Opcode] = Opcode.READY
-    ssrc: int
-    ip: str
-    port: int
-    modes: tuple[str, ...]
-    heartbeat_interval: float | None = None
-
-    def _to_d(self) -> object:
-        d: dict[str, object] = {
-            "ssrc": self.ssrc,
-            "ip": self.ip,
-            "port": self.port,
-            "modes": _check_array(self.modes, "Ready.modes"),
-        }
-        if self.heartbeat_interval is not None:
-            d["heartbeat_interval"] = self.heartbeat_interval
-        return d
-
-    @classmethod
-    def _from_d(cls, d: object) -> Ready:
-        o = _object(d, cls)
-        modes = _list(o, "modes", cls)
-        if not all(isinstance(mode, str) for mode in modes):
-            _fail("Ready.modes must be an array of strings", MalformedMessage)
-        interval = o.get("heartbeat_interval")
-        return cls(
-            ssrc=_int(o, "ssrc", cls, 0, _U32),
-            ip=_ip(o, "ip", cls),
-            port=_int(o, "port", cls, 0, _U16),
-            modes=tuple(str(mode) for mode in modes),
-            heartbeat_interval=None
-            if interval is None
-            else _check_number(interval, "Ready.heartbeat_interval", positive=False),
-        )
+    ssrc: int = field(metadata=_json(_u32))
+    ip: str = field(metadata=_json(_check_ip))
+    port: int = field(metadata=_json(_u16))
+    modes: tuple[str, ...] = field(metadata=_json(_array_of(_check_str), to_json=_check_array))
+    heartbeat_interval: float | None = field(
+        default=None, metadata=_json(partial(_check_number, positive=False), optional=True)
+    )
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class Heartbeat(_JsonMessage):
     """Op 3 (C→S): keep the session alive.
@@ -423,23 +507,12 @@ class Heartbeat(_JsonMessage):
     """
 
     op: ClassVar[Opcode] = Opcode.HEARTBEAT
-    nonce: int
-    seq_ack: int | None = None
-
-    def _to_d(self) -> object:
-        d: dict[str, object] = {"t": self.nonce}
-        if self.seq_ack is not None:
-            d["seq_ack"] = self.seq_ack
-        return d
-
-    @classmethod
-    def _from_d(cls, d: object) -> Heartbeat:
-        if isinstance(d, int) and not isinstance(d, bool):
-            return cls(nonce=_check_int(d, "Heartbeat.d", 0, _U64))
-        o = _object(d, cls)
-        return cls(nonce=_int(o, "t", cls, 0, _U64), seq_ack=_opt_int(o, "seq_ack", cls, -1, _U64))
+    _bare: ClassVar[bool] = True
+    nonce: int = field(metadata=_json(_u64, key="t"))
+    seq_ack: int | None = field(default=None, metadata=_json(_seq_ack, optional=True))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class SessionDescription(_JsonMessage):
     """Op 4 (S→C): the transport encryption mode and key, and the DAVE version.
@@ -451,39 +524,12 @@ class SessionDescription(_JsonMessage):
     """
 
     op: ClassVar[Opcode] = Opcode.SESSION_DESCRIPTION
-    mode: str
-    secret_key: bytes = field(repr=False)
-    dave_protocol_version: int = 0
-
-    def _to_d(self) -> object:
-        return {
-            "mode": self.mode,
-            "secret_key": list(_check_bytes(self.secret_key, "SessionDescription.secret_key")),
-            "dave_protocol_version": self.dave_protocol_version,
-        }
-
-    @classmethod
-    def _from_d(cls, d: object) -> SessionDescription:
-        o = _object(d, cls)
-        key = _get(o, "secret_key", cls)
-        if (
-            not isinstance(key, list)
-            or len(key) != _SECRET_KEY_SIZE
-            or not all(
-                isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= _U8 for b in key
-            )
-        ):
-            _fail(
-                "SessionDescription.secret_key must be an array of 32 integers in 0..255",
-                MalformedMessage,
-            )
-        return cls(
-            mode=_str(o, "mode", cls),
-            secret_key=bytes(key),
-            dave_protocol_version=_opt_int(o, "dave_protocol_version", cls, 0, _U16) or 0,
-        )
+    mode: str = field(metadata=_json(_check_str))
+    secret_key: bytes = field(repr=False, metadata=_json(_check_key, to_json=_key_to_json))
+    dave_protocol_version: int = field(default=0, metadata=_json(_u16, optional=True))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class Speaking(_JsonMessage):
     """Op 5 (both ways): speaking flags for an SSRC.
@@ -494,234 +540,122 @@ class Speaking(_JsonMessage):
     """
 
     op: ClassVar[Opcode] = Opcode.SPEAKING
-    speaking: int
-    ssrc: int
-    user_id: str | None = None
-    delay: int | None = None
-
-    def _to_d(self) -> object:
-        d: dict[str, object] = {"speaking": self.speaking, "ssrc": self.ssrc}
-        if self.user_id is not None:
-            d["user_id"] = self.user_id
-        if self.delay is not None:
-            d["delay"] = self.delay
-        return d
-
-    @classmethod
-    def _from_d(cls, d: object) -> Speaking:
-        o = _object(d, cls)
-        return cls(
-            speaking=_int(o, "speaking", cls, 0, _U32),
-            ssrc=_int(o, "ssrc", cls, 0, _U32),
-            user_id=_opt_snowflake(o, "user_id", cls),
-            delay=_opt_int(o, "delay", cls, 0, _U32),
-        )
+    speaking: int = field(metadata=_json(_u32))
+    ssrc: int = field(metadata=_json(_u32))
+    user_id: str | None = field(default=None, metadata=_json(check_snowflake, optional=True))
+    delay: int | None = field(default=None, metadata=_json(_u32, optional=True))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class HeartbeatAck(_JsonMessage):
     """Op 6 (S→C): ``{"t": nonce}`` echoing a heartbeat (a bare int before v8)."""
 
     op: ClassVar[Opcode] = Opcode.HEARTBEAT_ACK
-    nonce: int
-
-    def _to_d(self) -> object:
-        return {"t": self.nonce}
-
-    @classmethod
-    def _from_d(cls, d: object) -> HeartbeatAck:
-        if isinstance(d, int) and not isinstance(d, bool):
-            return cls(nonce=_check_int(d, "HeartbeatAck.d", 0, _U64))
-        return cls(nonce=_int(_object(d, cls), "t", cls, 0, _U64))
+    _bare: ClassVar[bool] = True
+    nonce: int = field(metadata=_json(_u64, key="t"))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class Resume(_JsonMessage):
     """Op 7 (C→S): resume a session on a new WebSocket (token not in the repr)."""
 
     op: ClassVar[Opcode] = Opcode.RESUME
-    server_id: str
-    session_id: str
-    token: str = field(repr=False)
-    seq_ack: int | None = None
-
-    def _to_d(self) -> object:
-        d: dict[str, object] = {
-            "server_id": self.server_id,
-            "session_id": self.session_id,
-            "token": self.token,
-        }
-        if self.seq_ack is not None:
-            d["seq_ack"] = self.seq_ack
-        return d
-
-    @classmethod
-    def _from_d(cls, d: object) -> Resume:
-        o = _object(d, cls)
-        return cls(
-            server_id=_snowflake(o, "server_id", cls),
-            session_id=_str(o, "session_id", cls),
-            token=_str(o, "token", cls),
-            seq_ack=_opt_int(o, "seq_ack", cls, -1, _U64),
-        )
+    server_id: str = field(metadata=_json(check_snowflake))
+    session_id: str = field(metadata=_json(_check_str))
+    token: str = field(repr=False, metadata=_json(_check_str))
+    seq_ack: int | None = field(default=None, metadata=_json(_seq_ack, optional=True))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class Hello(_JsonMessage):
     """Op 8 (S→C): the heartbeat interval in milliseconds and the gateway version ``v``."""
 
     op: ClassVar[Opcode] = Opcode.HELLO
-    heartbeat_interval: float
-    version: int | None = None
-
-    def _to_d(self) -> object:
-        d: dict[str, object] = {"heartbeat_interval": self.heartbeat_interval}
-        if self.version is not None:
-            d["v"] = self.version
-        return d
-
-    @classmethod
-    def _from_d(cls, d: object) -> Hello:
-        o = _object(d, cls)
-        interval = _get(o, "heartbeat_interval", cls)
-        return cls(
-            # Zero would make the heartbeat loop spin, so it is refused too.
-            heartbeat_interval=_check_number(interval, "Hello.heartbeat_interval", positive=True),
-            version=_opt_int(o, "v", cls, 0, _U32),
-        )
+    # Zero would make the heartbeat loop spin, so it is refused too.
+    heartbeat_interval: float = field(metadata=_json(partial(_check_number, positive=True)))
+    version: int | None = field(default=None, metadata=_json(_u32, key="v", optional=True))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class Resumed(_JsonMessage):
     """Op 9 (S→C): the resume succeeded; buffered messages follow. ``d`` is null."""
 
     op: ClassVar[Opcode] = Opcode.RESUMED
 
-    def _to_d(self) -> object:
-        return None
 
-    @classmethod
-    def _from_d(cls, d: object) -> Resumed:
-        return cls()  # d carries nothing; whatever it holds is ignored
-
-
+@_register
 @dataclass(frozen=True, slots=True)
 class ClientsConnect(_JsonMessage):
     """Op 11 (S→C): users in the call; DAVE accepts Add proposals only for them."""
 
     op: ClassVar[Opcode] = Opcode.CLIENTS_CONNECT
-    user_ids: tuple[str, ...]
-
-    def _to_d(self) -> object:
-        return {"user_ids": _check_array(self.user_ids, "ClientsConnect.user_ids")}
-
-    @classmethod
-    def _from_d(cls, d: object) -> ClientsConnect:
-        ids = _list(_object(d, cls), "user_ids", cls)
-        return cls(user_ids=tuple(check_snowflake(i, "ClientsConnect.user_ids[]") for i in ids))
+    user_ids: tuple[str, ...] = field(
+        metadata=_json(_array_of(check_snowflake), to_json=_check_array)
+    )
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class ClientDisconnect(_JsonMessage):
     """Op 13 (S→C): a user left the call."""
 
     op: ClassVar[Opcode] = Opcode.CLIENT_DISCONNECT
-    user_id: str
-
-    def _to_d(self) -> object:
-        return {"user_id": self.user_id}
-
-    @classmethod
-    def _from_d(cls, d: object) -> ClientDisconnect:
-        return cls(user_id=_snowflake(_object(d, cls), "user_id", cls))
+    user_id: str = field(metadata=_json(check_snowflake))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class ClientFlags(_JsonMessage):
     """Op 18 (S→C, unofficial): a user's flags (1 clips, 2 recording, 4 viewer clips)."""
 
     op: ClassVar[Opcode] = Opcode.CLIENT_FLAGS
-    user_id: str
-    flags: int
-
-    def _to_d(self) -> object:
-        return {"user_id": self.user_id, "flags": self.flags}
-
-    @classmethod
-    def _from_d(cls, d: object) -> ClientFlags:
-        o = _object(d, cls)
-        return cls(user_id=_snowflake(o, "user_id", cls), flags=_int(o, "flags", cls, 0, _U32))
+    user_id: str = field(metadata=_json(check_snowflake))
+    flags: int = field(metadata=_json(_u32))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class ClientPlatform(_JsonMessage):
     """Op 20 (S→C, unofficial): a user's platform (0 desktop, 1 mobile, 2 Xbox, 3 PS)."""
 
     op: ClassVar[Opcode] = Opcode.CLIENT_PLATFORM
-    user_id: str
-    platform: int
-
-    def _to_d(self) -> object:
-        return {"user_id": self.user_id, "platform": self.platform}
-
-    @classmethod
-    def _from_d(cls, d: object) -> ClientPlatform:
-        o = _object(d, cls)
-        return cls(
-            user_id=_snowflake(o, "user_id", cls), platform=_int(o, "platform", cls, 0, _U32)
-        )
+    user_id: str = field(metadata=_json(check_snowflake))
+    platform: int = field(metadata=_json(_u32))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DavePrepareTransition(_JsonMessage):
     """Op 21 (S→C): a protocol transition (e.g. a downgrade to 0) is coming."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_PREPARE_TRANSITION
-    protocol_version: int
-    transition_id: int
-
-    def _to_d(self) -> object:
-        return {"protocol_version": self.protocol_version, "transition_id": self.transition_id}
-
-    @classmethod
-    def _from_d(cls, d: object) -> DavePrepareTransition:
-        o = _object(d, cls)
-        return cls(
-            protocol_version=_int(o, "protocol_version", cls, 0, _U16),
-            transition_id=_int(o, "transition_id", cls, 0, _U16),
-        )
+    protocol_version: int = field(metadata=_json(_u16))
+    transition_id: int = field(metadata=_json(_u16))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DaveExecuteTransition(_JsonMessage):
     """Op 22 (S→C): switch to the prepared transition now."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_EXECUTE_TRANSITION
-    transition_id: int
-
-    def _to_d(self) -> object:
-        return {"transition_id": self.transition_id}
-
-    @classmethod
-    def _from_d(cls, d: object) -> DaveExecuteTransition:
-        return cls(transition_id=_int(_object(d, cls), "transition_id", cls, 0, _U16))
+    transition_id: int = field(metadata=_json(_u16))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DaveTransitionReady(_JsonMessage):
     """Op 23 (C→S): this client is ready for the transition."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_TRANSITION_READY
-    transition_id: int
-
-    def _to_d(self) -> object:
-        return {"transition_id": self.transition_id}
-
-    @classmethod
-    def _from_d(cls, d: object) -> DaveTransitionReady:
-        return cls(transition_id=_int(_object(d, cls), "transition_id", cls, 0, _U16))
+    transition_id: int = field(metadata=_json(_u16))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DavePrepareEpoch(_JsonMessage):
     """Op 24 (S→C): a new MLS epoch (``epoch == 1`` means a new group).
@@ -731,74 +665,42 @@ class DavePrepareEpoch(_JsonMessage):
     """
 
     op: ClassVar[Opcode] = Opcode.DAVE_PREPARE_EPOCH
-    protocol_version: int
-    epoch: int
-    transition_id: int | None = None
-
-    def _to_d(self) -> object:
-        d: dict[str, object] = {"protocol_version": self.protocol_version, "epoch": self.epoch}
-        if self.transition_id is not None:
-            d["transition_id"] = self.transition_id
-        return d
-
-    @classmethod
-    def _from_d(cls, d: object) -> DavePrepareEpoch:
-        o = _object(d, cls)
-        return cls(
-            protocol_version=_int(o, "protocol_version", cls, 0, _U16),
-            epoch=_int(o, "epoch", cls, 0, _U64),
-            transition_id=_opt_int(o, "transition_id", cls, 0, _U16),
-        )
+    protocol_version: int = field(metadata=_json(_u16))
+    epoch: int = field(metadata=_json(_u64))
+    transition_id: int | None = field(default=None, metadata=_json(_u16, optional=True))
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DaveMlsInvalidCommitWelcome(_JsonMessage):
     """Op 31 (C→S): the commit or welcome of this transition could not be processed."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_INVALID_COMMIT_WELCOME
-    transition_id: int
-
-    def _to_d(self) -> object:
-        return {"transition_id": self.transition_id}
-
-    @classmethod
-    def _from_d(cls, d: object) -> DaveMlsInvalidCommitWelcome:
-        return cls(transition_id=_int(_object(d, cls), "transition_id", cls, 0, _U16))
+    transition_id: int = field(metadata=_json(_u16))
 
 
 # -- binary messages (protocol.md §5.5) --------------------------------------------------
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DaveMlsExternalSender(_BinaryMessage):
     """Op 25 (S→C): the ExternalSender structure, fed unchanged to ``set_external_sender``."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_EXTERNAL_SENDER
-    payload: bytes
-
-    def _to_payload(self) -> bytes:
-        return _check_bytes(self.payload, "DaveMlsExternalSender.payload")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsExternalSender:
-        return cls(payload=payload)
+    payload: bytes = field(metadata=_REST)
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DaveMlsKeyPackage(_BinaryMessage):
     """Op 26 (C→S): a bare MLS KeyPackage (not MLSMessage-wrapped)."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_KEY_PACKAGE
-    key_package: bytes
-
-    def _to_payload(self) -> bytes:
-        return _check_bytes(self.key_package, "DaveMlsKeyPackage.key_package")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsKeyPackage:
-        return cls(key_package=payload)
+    key_package: bytes = field(metadata=_REST)
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DaveMlsProposals(_BinaryMessage):
     """Op 27 (S→C): proposals to append or revoke.
@@ -811,79 +713,37 @@ class DaveMlsProposals(_BinaryMessage):
     """
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_PROPOSALS
-    operation: ProposalsOperation
-    payload: bytes
-
-    def _to_payload(self) -> bytes:
-        operation = _check_int(self.operation, "DaveMlsProposals.operation", 0, 1, UsageError)
-        return bytes([operation]) + _check_bytes(self.payload, "DaveMlsProposals.payload")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsProposals:
-        if not payload:
-            _fail("DaveMlsProposals: the operation byte is missing", MalformedMessage)
-        operation = _check_int(payload[0], "DaveMlsProposals.operation", 0, 1)
-        return cls(operation=ProposalsOperation(operation), payload=payload[1:])
+    operation: ProposalsOperation = field(metadata=_big_endian(1, _check_operation))
+    payload: bytes = field(metadata=_REST)
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DaveMlsCommitWelcome(_BinaryMessage):
     """Op 28 (C→S): a commit MLSMessage, then an optional bare Welcome, unsplit."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_COMMIT_WELCOME
-    payload: bytes
-
-    def _to_payload(self) -> bytes:
-        return _check_bytes(self.payload, "DaveMlsCommitWelcome.payload")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsCommitWelcome:
-        return cls(payload=payload)
+    payload: bytes = field(metadata=_REST)
 
 
-def _split_transition(payload: bytes, name: str) -> tuple[int, bytes]:
-    if len(payload) < 2:
-        _fail(f"{name}: the 2-byte transition_id is missing", MalformedMessage)
-    return int.from_bytes(payload[:2], "big"), payload[2:]
-
-
-def _join_transition(transition_id: object, body: object, name: str, part: str) -> bytes:
-    tid = _check_int(transition_id, f"{name}.transition_id", 0, _U16, UsageError)
-    return tid.to_bytes(2, "big") + _check_bytes(body, f"{name}.{part}")
-
-
+@_register
 @dataclass(frozen=True, slots=True)
 class DaveMlsAnnounceCommitTransition(_BinaryMessage):
     """Op 29 (S→C): ``u16 BE transition_id | commit MLSMessage``."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_ANNOUNCE_COMMIT_TRANSITION
-    transition_id: int
-    commit: bytes
-
-    def _to_payload(self) -> bytes:
-        return _join_transition(self.transition_id, self.commit, type(self).__name__, "commit")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsAnnounceCommitTransition:
-        tid, commit = _split_transition(payload, cls.__name__)
-        return cls(transition_id=tid, commit=commit)
+    transition_id: int = field(metadata=_big_endian(2, _u16))
+    commit: bytes = field(metadata=_REST)
 
 
+@_register
 @dataclass(frozen=True, slots=True)
 class DaveMlsWelcome(_BinaryMessage):
     """Op 30 (S→C): ``u16 BE transition_id | bare Welcome``."""
 
     op: ClassVar[Opcode] = Opcode.DAVE_MLS_WELCOME
-    transition_id: int
-    welcome: bytes
-
-    def _to_payload(self) -> bytes:
-        return _join_transition(self.transition_id, self.welcome, type(self).__name__, "welcome")
-
-    @classmethod
-    def _from_payload(cls, payload: bytes) -> DaveMlsWelcome:
-        tid, welcome = _split_transition(payload, cls.__name__)
-        return cls(transition_id=tid, welcome=welcome)
+    transition_id: int = field(metadata=_big_endian(2, _u16))
+    welcome: bytes = field(metadata=_REST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -948,42 +808,6 @@ class Envelope:
     message: GatewayMessage
     seq: int | None = None
 
-
-_JSON_TYPES: dict[int, type[_JsonMessage]] = {
-    cls.op: cls
-    for cls in (
-        Identify,
-        SelectProtocol,
-        Ready,
-        Heartbeat,
-        SessionDescription,
-        Speaking,
-        HeartbeatAck,
-        Resume,
-        Hello,
-        Resumed,
-        ClientsConnect,
-        ClientDisconnect,
-        ClientFlags,
-        ClientPlatform,
-        DavePrepareTransition,
-        DaveExecuteTransition,
-        DaveTransitionReady,
-        DavePrepareEpoch,
-        DaveMlsInvalidCommitWelcome,
-    )
-}
-_BINARY_TYPES: dict[int, type[_BinaryMessage]] = {
-    cls.op: cls
-    for cls in (
-        DaveMlsExternalSender,
-        DaveMlsKeyPackage,
-        DaveMlsProposals,
-        DaveMlsCommitWelcome,
-        DaveMlsAnnounceCommitTransition,
-        DaveMlsWelcome,
-    )
-}
 
 #: Opcodes sent as JSON text frames.
 JSON_OPCODES: frozenset[Opcode] = frozenset(Opcode(op) for op in _JSON_TYPES)
@@ -1079,7 +903,7 @@ def parse_text(text: str | bytes) -> Envelope:
     d = frame.get("d")
     message_type = _JSON_TYPES.get(op)
     if message_type is not None:
-        message = cast("GatewayMessage", message_type._from_d(d))
+        message = cast("GatewayMessage", _from_d(message_type, d))
     elif op in _BINARY_TYPES:
         _fail(f"op {op} must arrive in a binary frame, not a text frame", MalformedMessage)
     else:
@@ -1122,7 +946,7 @@ def parse_binary(data: bytes, *, from_server: bool) -> Envelope:
 
     message_type = _BINARY_TYPES.get(op)
     if message_type is not None:
-        message = cast("GatewayMessage", message_type._from_payload(payload))
+        message = cast("GatewayMessage", _from_payload(message_type, payload))
     elif op in _JSON_TYPES:
         _fail(f"op {op} must arrive in a text frame, not a binary frame", MalformedMessage)
     else:
@@ -1160,11 +984,20 @@ def is_binary(message: GatewayMessage) -> bool:
     return isinstance(message, _BinaryMessage)
 
 
-def _dumps(frame: dict[str, object]) -> str:
+def _text_frame(op: int, d: object, seq: int | None) -> str:
+    frame: dict[str, object] = {"op": int(op), "d": d}
+    if seq is not None:
+        frame["seq"] = _check_int(seq, "seq", 0, _U64, UsageError)
     try:
         return json.dumps(frame, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         _fail("the message data cannot be encoded as JSON", UsageError)
+
+
+def _binary_frame(op: int, payload: bytes, seq: int | None) -> bytes:
+    if seq is None:
+        return bytes([op]) + payload
+    return struct.pack(">HB", _check_int(seq, "seq", 0, _U16, UsageError), op) + payload
 
 
 def serialize(message: GatewayMessage, *, seq: int | None = None) -> str | bytes:
@@ -1184,35 +1017,18 @@ def serialize(message: GatewayMessage, *, seq: int | None = None) -> str | bytes
         UsageError: If a field is invalid (wrong type, out of range, a key that
             is not 32 bytes, ...), or ``seq`` is out of range.
     """
-    if is_binary(message):
-        if isinstance(message, UnknownMessage):
-            if message.data is not None:
-                _fail("UnknownMessage: give data (text) or payload (binary), not both", UsageError)
-            op = _check_int(message.op, "UnknownMessage.op", 0, _U8, UsageError)
-            body = _check_bytes(message.payload, "UnknownMessage.payload")
-        else:
-            assert isinstance(message, _BinaryMessage)
-            op, body = message.op, message._to_payload()
-        if seq is None:
-            return bytes([op]) + body
-        return struct.pack(">HB", _check_int(seq, "seq", 0, _U16, UsageError), op) + body
-
-    if isinstance(message, UnknownMessage):
-        op, d = _check_int(message.op, "UnknownMessage.op", 0, _U8, UsageError), message.data
-    elif isinstance(message, _JsonMessage):
-        op = message.op
-        try:
-            d = message._to_d()
-        except (TypeError, ValueError):  # e.g. list() over a non-iterable field
-            _fail(f"{type(message).__name__} has a field of the wrong type", UsageError)
-        # One set of rules for both directions: what we send must parse back.
-        try:
-            type(message)._from_d(d)
-        except MalformedMessage as exc:
-            raise UsageError(str(exc)) from None
-    else:
+    try:  # one set of rules for both directions: a field that would not parse is misused
+        if isinstance(message, _JsonMessage):
+            return _text_frame(message.op, _to_d(message), seq)
+        if isinstance(message, _BinaryMessage):
+            return _binary_frame(message.op, _to_payload(message), seq)
+    except MalformedMessage as exc:
+        raise UsageError(str(exc)) from None
+    if not isinstance(message, UnknownMessage):
         _fail(f"not a gateway message: {type(message).__name__}", UsageError)
-    frame: dict[str, object] = {"op": int(op), "d": d}
-    if seq is not None:
-        frame["seq"] = _check_int(seq, "seq", 0, _U64, UsageError)
-    return _dumps(frame)
+    op = _check_int(message.op, "UnknownMessage.op", 0, _U8, UsageError)
+    if message.payload is None:
+        return _text_frame(op, message.data, seq)
+    if message.data is not None:
+        _fail("UnknownMessage: give data (text) or payload (binary), not both", UsageError)
+    return _binary_frame(op, _check_bytes(message.payload, "UnknownMessage.payload"), seq)

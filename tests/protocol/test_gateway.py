@@ -178,6 +178,92 @@ def test_messages_are_slotted_and_frozen() -> None:
     assert DaveMlsWelcome.op == 30
 
 
+# -- the field tables ------------------------------------------------------------------
+
+# One message per known opcode, every optional field set.
+EVERY_MESSAGE: list[GatewayMessage] = [
+    Identify("1", "2", "s", TOKEN, 1),
+    SelectProtocol("127.0.0.1", 1, "m"),
+    Ready(1, "::1", 2, ("m", "n"), 5.0),
+    Heartbeat(1, 2),
+    SessionDescription("m", KEY, 1),
+    Speaking(1, 2, "3", 0),
+    HeartbeatAck(1),
+    Resume("1", "s", TOKEN, 2),
+    Hello(1.5, 8),
+    Resumed(),
+    ClientsConnect(("1", "2")),
+    ClientDisconnect("1"),
+    ClientFlags("1", 2),
+    ClientPlatform("1", 2),
+    DavePrepareTransition(1, 2),
+    DaveExecuteTransition(1),
+    DaveTransitionReady(1),
+    DavePrepareEpoch(1, 2, 3),
+    DaveMlsExternalSender(b"es"),
+    DaveMlsKeyPackage(b"kp"),
+    DaveMlsProposals(ProposalsOperation.REVOKE, b"p"),
+    DaveMlsCommitWelcome(b"cw"),
+    DaveMlsAnnounceCommitTransition(1, b"c"),
+    DaveMlsWelcome(1, b"w"),
+    DaveMlsInvalidCommitWelcome(1),
+]
+JSON_MESSAGES = [m for m in EVERY_MESSAGE if not is_binary(m)]
+# The keys that may be missing or null; every other key is required.
+OPTIONAL_KEYS = {
+    "Identify": {"max_dave_protocol_version"},
+    "Ready": {"heartbeat_interval"},
+    "Heartbeat": {"seq_ack"},
+    "SessionDescription": {"dave_protocol_version"},
+    "Speaking": {"user_id", "delay"},
+    "Resume": {"seq_ack"},
+    "Hello": {"v"},
+    "DavePrepareEpoch": {"transition_id"},
+}
+
+
+def _frame(message: GatewayMessage, d: object) -> str:
+    return json.dumps({"op": int(message.op), "d": d})
+
+
+def test_every_opcode_has_a_message_that_round_trips() -> None:
+    assert sorted(message.op for message in EVERY_MESSAGE) == sorted(Opcode)
+    for message in EVERY_MESSAGE:
+        assert parse(serialize(message), from_server=False) == Envelope(message)
+
+
+@pytest.mark.parametrize("message", JSON_MESSAGES, ids=lambda m: type(m).__name__)
+def test_missing_and_null_keys(message: GatewayMessage) -> None:
+    d = _d(message)
+    if d is None:  # Resumed: whatever d holds is ignored
+        assert parse_text(_frame(message, {"a": 1})).message == message
+        return
+    optional = OPTIONAL_KEYS.get(type(message).__name__, set())
+    objects = [d, *(value for value in d.values() if isinstance(value, dict))]
+    for obj in objects:
+        for key in list(obj):
+            value = obj.pop(key)
+            if key in optional:  # missing or null: the field's default
+                missing = parse_text(_frame(message, d)).message
+                obj[key] = None
+                assert parse_text(_frame(message, d)).message == missing != message
+            else:
+                with pytest.raises(MalformedMessage, match="is missing"):
+                    parse_text(_frame(message, d))
+            obj[key] = value
+    assert optional <= set(d)
+
+
+@pytest.mark.parametrize("message", JSON_MESSAGES, ids=lambda m: type(m).__name__)
+def test_unknown_keys_are_ignored(message: GatewayMessage) -> None:
+    extra = {"extra": {"a": [1, None]}, "x": "y"}
+    d = _d(message)
+    if isinstance(d, dict):
+        for obj in [d, *(value for value in d.values() if isinstance(value, dict))]:
+            obj.update(extra)
+    assert parse_text(_frame(message, d)).message == message
+
+
 # -- exact wire examples (protocol.md §1.3, §1.5, §5.5) ---------------------------------
 
 

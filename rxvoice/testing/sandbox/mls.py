@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from rxvoice.errors import DaveError
+from rxvoice.errors import DaveError, InvalidArgument
 
 __all__ = [
     "CIPHER_SUITE",
@@ -476,7 +476,7 @@ class ExternalSender:
     ) -> None:
         self._key = private_key or ec.generate_private_key(ec.SECP256R1())
         if not isinstance(self._key.curve, ec.SECP256R1):
-            raise ValueError("the external sender needs a P-256 key")
+            raise InvalidArgument("the external sender needs a P-256 key")
         self.public_key = self._key.public_key().public_bytes(
             Encoding.X962, PublicFormat.UncompressedPoint
         )
