@@ -20,8 +20,8 @@ libopus:
 setup: $(STAMP) libopus
 
 lint: setup
-	$(BIN)/ruff check rxvoice tests benchmarks examples
-	$(BIN)/ruff format --check rxvoice tests benchmarks examples
+	$(BIN)/ruff check rxvoice tests benchmarks examples notebooks
+	$(BIN)/ruff format --check rxvoice tests benchmarks examples notebooks
 
 typecheck: setup
 	$(BIN)/mypy
