@@ -297,6 +297,15 @@ def decode_opus(
     duplicate frames (put the stream through :func:`jitter_buffer` first) are
     dropped and counted.
 
+    Every chunk carries its **call time** (:attr:`~rxvoice.events.PcmChunk.time`,
+    on the clock of ``received_at``): anchored on the arrival of the first
+    packet of each talk spurt, then advanced by RTP timestamp, so it is smooth
+    within a spurt and right after a pause (senders stop the timestamp while
+    quiet). A packet arriving more than
+    :data:`~rxvoice.operators._decode.NEW_SPURT_LATENESS` (0.1 s) later than
+    its timestamp predicts starts a new spurt, as does a resync. Concealed and
+    FEC chunks get the time of the audio they replace.
+
     With a ``scheduler`` (e.g. a ``ThreadPoolScheduler``) decoding runs there,
     off the event loop: each SSRC's frames stay in order, different users
     decode in parallel and may interleave differently than they arrived.
@@ -359,8 +368,10 @@ def mix(
     little late); a tick with nobody is silence. After the source completes
     the queued audio is played out, then the stream completes.
 
-    Output chunks have ``user_id=None``, ``ssrc=None`` and timestamp
-    ``tick * 960`` (for 20 ms ticks).
+    Output chunks have ``user_id=None``, ``ssrc=None``, timestamp
+    ``tick * 960`` (for 20 ms ticks) and the call time of the tick's audio,
+    ``time = first.time + tick * interval`` where ``first`` is the first chunk
+    mixed (it plays in tick 0): the mix lines up with the users' chunks.
 
     .. marble::
         :alt: mix
@@ -399,8 +410,9 @@ def buffer_duration(ms: float) -> Callable[[Observable[PcmChunk]], Observable[Pc
 
     A user's chunks are joined back to back (pauses between talk spurts are
     not filled) and cut every ``ms`` ms of samples; the last, shorter, chunk
-    is emitted when the source completes. A chunk's timestamp is that of its
-    first sample; it is ``concealed`` / ``recovered`` if any part was.
+    is emitted when the source completes. A chunk's timestamp and call time
+    are those of its first sample; it is ``concealed`` / ``recovered`` if any
+    part was.
 
     .. marble::
         :alt: buffer_duration
@@ -474,7 +486,8 @@ def resample(to_rate: int = 16_000) -> Callable[[Observable[PcmChunk]], Observab
 
     Returns:
         An operator from :class:`~rxvoice.events.PcmChunk` to chunks at
-        ``to_rate`` (timestamps stay in 48 kHz RTP units).
+        ``to_rate`` (timestamps stay in 48 kHz RTP units; call times are
+        those of each chunk's first output sample).
 
     Raises:
         UsageError: If ``to_rate`` is not positive.

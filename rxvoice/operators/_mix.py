@@ -50,6 +50,7 @@ def mix_(
             )
             timer = SerialDisposable()
             start: float | None = None  # when tick 0 is due
+            origin = 0.0  # the call time of tick 0's audio: the first chunk's
             source_done = False
             stopped = False
 
@@ -76,14 +77,23 @@ def mix_(
                     pcm = mixer.mix()
                     if tick % PRUNE_EVERY == 0:
                         mixer.prune(max_ahead)
-                    observer.on_next(PcmChunk(None, None, tick * step % _TS_MOD, pcm, sample_rate))
+                    observer.on_next(
+                        PcmChunk(
+                            None,
+                            None,
+                            tick * step % _TS_MOD,
+                            pcm,
+                            sample_rate,
+                            time=origin + tick * interval,
+                        )
+                    )
                     if source_done and not any(mixer.queued(s) for s in mixer.sources):
                         finish()
                         return
                     arm()
 
             def on_next(chunk: PcmChunk) -> None:
-                nonlocal start
+                nonlocal start, origin
                 with lock:
                     if stopped:
                         return
@@ -101,6 +111,8 @@ def mix_(
                         finish(error)
                         return
                     if start is None:
+                        # The first chunk plays in tick 0: the ticks follow its call time.
+                        origin = chunk.time
                         start = now_of(clock) + delay
                         arm()
 

@@ -21,39 +21,63 @@ from rxvoice.operators._common import (
     now_of,
     stream_key,
 )
-from rxvoice.protocol.seq import ts_add
+from rxvoice.protocol.seq import ts_add, ts_diff
 
 
 class _UserActivity:
-    """One user's detector, the timestamps of its recent frames and its silence timer."""
+    """One user's detector, the times of its recent frames and its silence timer."""
 
-    __slots__ = ("armed", "detector", "end", "last_seen", "recent", "ssrc", "timer", "user_id")
+    __slots__ = (
+        "armed",
+        "detector",
+        "end",
+        "end_time",
+        "last_seen",
+        "recent",
+        "ssrc",
+        "timer",
+        "user_id",
+    )
 
     def __init__(self, detector: VoiceActivityDetector, user_id: str | None) -> None:
         self.detector = detector
         self.user_id = user_id
         self.ssrc: int | None = None
-        # (frame index, RTP timestamp) of the frames an event can point back to.
-        self.recent: deque[tuple[int, int]] = deque(
+        # (frame index, RTP timestamp, call time) of the frames an event can point back to.
+        self.recent: deque[tuple[int, int, float]] = deque(
             maxlen=max(detector.start_frames, detector.hangover_frames) + 1
         )
         self.end = 0  # RTP timestamp just after the last frame fed
+        self.end_time = 0.0  # and its call time
         self.timer = SerialDisposable()
         self.armed = False  # a silence check is scheduled
         self.last_seen = 0.0  # scheduler time of the user's last item
 
-    def feed(self, pcm: PcmArray | None, timestamp: int, length: int) -> VoiceActivityChange | None:
+    def time_of(self, timestamp: int) -> float:
+        """The call time of a timestamp after the last frame fed (for gap markers)."""
+        return self.end_time + ts_diff(timestamp, self.end) / RTP_RATE
+
+    def feed(
+        self, pcm: PcmArray | None, timestamp: int, length: int, time: float
+    ) -> VoiceActivityChange | None:
         """Feed one frame (``None``: known quiet) of ``length`` RTP units from ``timestamp``."""
-        self.recent.append((self.detector.frames, timestamp))
+        self.recent.append((self.detector.frames, timestamp, time))
         self.end = ts_add(timestamp, length)
+        self.end_time = time + length / RTP_RATE
         change = self.detector.update_silence() if pcm is None else self.detector.update(pcm)
         return self._event(change)
+
+    def stopped(self) -> VoiceActivityChange:
+        """The event of speech ending after the last frame fed."""
+        return VoiceActivityChange(self.user_id, self.ssrc, False, self.end, self.end_time)
 
     def _event(self, change: VoiceActivity | None) -> VoiceActivityChange | None:
         if change is None:
             return None
-        timestamp = next((ts for i, ts in self.recent if i == change.frame), self.end)
-        return VoiceActivityChange(self.user_id, self.ssrc, change.speaking, timestamp)
+        timestamp, time = next(
+            ((ts, t) for i, ts, t in self.recent if i == change.frame), (self.end, self.end_time)
+        )
+        return VoiceActivityChange(self.user_id, self.ssrc, change.speaking, timestamp, time)
 
 
 def voice_activity_(
@@ -103,9 +127,7 @@ def voice_activity_(
                         return
                     state.detector.reset()  # frame indexes restart from 0
                     state.recent.clear()
-                    observer.on_next(
-                        VoiceActivityChange(state.user_id, state.ssrc, False, state.end)
-                    )
+                    observer.on_next(state.stopped())
 
             def on_next(item: PcmChunk | AudioGap) -> None:
                 with lock:
@@ -118,12 +140,13 @@ def voice_activity_(
                         # hangover cannot change the outcome.
                         for k in range(min(item.count, hangover_frames)):
                             ts = ts_add(item.timestamp, k * SAMPLES_PER_FRAME)
-                            changes.append(state.feed(None, ts, SAMPLES_PER_FRAME))
+                            time = state.time_of(ts)
+                            changes.append(state.feed(None, ts, SAMPLES_PER_FRAME, time))
                     else:
                         length = item.samples * RTP_RATE // item.sample_rate
                         # Concealed audio is a guess for a missing packet: quiet.
                         pcm = None if item.concealed else item.pcm
-                        changes.append(state.feed(pcm, item.timestamp, length))
+                        changes.append(state.feed(pcm, item.timestamp, length, item.time))
                     for change in changes:
                         if change is not None:
                             observer.on_next(change)
