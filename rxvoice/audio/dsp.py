@@ -433,7 +433,19 @@ class VoiceActivityDetector:
             A :class:`VoiceActivity` when speech starts or stops with this
             frame, else ``None``.
         """
-        return self._step(dbfs(pcm) >= self.threshold_dbfs)
+        return self.update_level(dbfs(pcm))
+
+    def update_level(self, level_dbfs: float) -> VoiceActivity | None:
+        """Feed the next frame by its level, when it is already measured.
+
+        Args:
+            level_dbfs: The frame's level (``-inf`` for a known-quiet frame).
+
+        Returns:
+            A :class:`VoiceActivity` when speech starts or stops with this
+            frame, else ``None``.
+        """
+        return self._step(level_dbfs >= self.threshold_dbfs)
 
     def update_silence(self) -> VoiceActivity | None:
         """Feed a frame known to be silent: a missing packet or a silence frame.

@@ -68,6 +68,7 @@ from rxvoice.protocol.jitter import DEFAULT_CAPACITY, DEFAULT_LATENCY, DEFAULT_M
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from rxvoice.events import Utterance
     from rxvoice.operators._aiter import ObservableIterator
     from rxvoice.operators._decrypt import SessionKeys
     from rxvoice.operators._wav import PathSpec
@@ -695,3 +696,101 @@ def to_async_iterable(
     from rxvoice.operators._aiter import to_async_iterable_
 
     return to_async_iterable_(max_pending)
+
+
+# -- Call time: utterances and recordings on the call's timeline ---------------------------
+
+__all__ += ["utterances"]
+
+
+def utterances(
+    *,
+    sample_rate: int | None = 16_000,
+    mono: bool = True,
+    pre_roll: float = 0.2,
+    post_roll: float = 0.2,
+    max_duration: float = 30.0,
+    threshold_dbfs: float = -45.0,
+    start_frames: int = 2,
+    hangover_frames: int = 15,
+    silence_timeout: float | None = None,
+    scheduler: abc.SchedulerBase | None = None,
+) -> Callable[[Observable[PcmChunk | AudioGap]], Observable[Utterance]]:
+    """Cut each user's speech into utterances, ready for a speech recogniser.
+
+    Per user, the voice activity of :func:`voice_activity` (speech starts
+    after ``start_frames`` loud chunks, stops after ``hangover_frames`` quiet
+    ones or when the user sends nothing for ``silence_timeout``), with
+    **pre-roll**: an utterance begins ``pre_roll`` seconds before its first
+    loud chunk, so the onset that the detector needs to be sure is not lost.
+    It ends ``post_roll`` seconds after the last loud chunk. One
+    :class:`~rxvoice.events.Utterance` is emitted per utterance when it ends:
+    the user, the SSRC, the **call times** of its start and end (see
+    :attr:`~rxvoice.events.PcmChunk.time`: they line up with every other
+    user's and with a recording's timeline) and its PCM, 16 kHz mono by
+    default. A stretch without packets inside an utterance is silence, so the
+    PCM is on the call's timeline too.
+
+    **Bounded in length:** speech longer than ``max_duration`` (30 s, the
+    window of Whisper-style recognisers) is split there; the part is emitted
+    at once with ``continues=True`` and the next part starts where it ends,
+    so nothing is lost and memory stays bounded. Utterances of one user never
+    overlap. On completion, an utterance in progress is emitted.
+
+    Feed it the 20 ms chunks of :func:`decode_opus` (gap markers of
+    :func:`jitter_buffer` are accepted and count as quiet).
+
+    .. marble::
+        :alt: utterances
+
+        -0(1)(2)(3)(4)(5)(6)-----|
+        [ utterances(hangover_frames=3) ]
+        ----------u0-7--|
+
+    In the diagram ``u0-7`` is an utterance of speaker ``a`` from the start
+    of frame 0 to the end of frame 6, emitted when the silence timeout
+    (three frames) declares the speech over.
+
+    Example:
+        >>> async def transcribe_all(conn):
+        ...     speech = conn.on_audio_frame.pipe(vops.decode_opus(), vops.utterances())
+        ...     async with speech.pipe(vops.to_async_iterable()) as items:
+        ...         async for u in items:
+        ...             print(f"{u.start:.2f}-{u.end:.2f}", u.user_id, await transcribe(u.pcm))
+
+    Args:
+        sample_rate: The rate of the utterances' PCM (``None``: the chunks').
+        mono: Average the channels into one.
+        pre_roll: Seconds kept before the first loud chunk.
+        post_roll: Seconds kept after the last loud chunk (at most what
+            arrived before the speech was declared over).
+        max_duration: The longest utterance in seconds; longer speech is split.
+        threshold_dbfs: Level separating speech from background.
+        start_frames: Loud chunks in a row that start speech.
+        hangover_frames: Quiet chunks in a row that stop it.
+        silence_timeout: Seconds without any chunk that stop it; defaults to
+            ``hangover_frames`` times 20 ms.
+        scheduler: Times the silence timeout; defaults to the subscription's scheduler.
+
+    Returns:
+        An operator from :class:`~rxvoice.events.PcmChunk` (and
+        :class:`~rxvoice.events.AudioGap`) to :class:`~rxvoice.events.Utterance`.
+        A user's chunks changing rate or channel count end it with ``UsageError``.
+
+    Raises:
+        UsageError: If an argument is out of range.
+    """
+    from rxvoice.operators._utterances import utterances_
+
+    return utterances_(
+        threshold_dbfs,
+        start_frames,
+        hangover_frames,
+        pre_roll,
+        post_roll,
+        max_duration,
+        sample_rate,
+        mono,
+        silence_timeout,
+        scheduler,
+    )
