@@ -47,6 +47,7 @@ concealed and FEC-recovered chunks, ``q`` silent ones; ``m`` mixed ticks.
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from rxvoice.events import Utterance
     from rxvoice.operators._aiter import ObservableIterator
     from rxvoice.operators._decrypt import SessionKeys
+    from rxvoice.operators._timeline import Labels
     from rxvoice.operators._wav import PathSpec
     from rxvoice.protocol.crypto import RtpCrypto, TransportCipher
     from rxvoice.protocol.dave import DaveManager
@@ -370,9 +372,12 @@ def mix(
     the queued audio is played out, then the stream completes.
 
     Output chunks have ``user_id=None``, ``ssrc=None``, timestamp
-    ``tick * 960`` (for 20 ms ticks) and the call time of the tick's audio,
-    ``time = first.time + tick * interval`` where ``first`` is the first chunk
-    mixed (it plays in tick 0): the mix lines up with the users' chunks.
+    ``tick * 960`` (for 20 ms ticks) and, as call time, the tick's due time
+    on the scheduler's clock (the clock of the users' chunk times for a
+    Connection's pipeline). A user's talk spurt starts in the tick open when
+    its first chunk arrives, so the mix lines up with the users' chunks
+    within a tick, except the very first spurt mixed, which plays ``delay``
+    later.
 
     .. marble::
         :alt: mix
@@ -627,12 +632,14 @@ def write_wav(path: PathSpec) -> Callable[[Observable[PcmChunk]], Observable[Pat
     - a plain path, for a single stream such as the mix: a second stream
       mapping to the same file ends the pipeline with ``UsageError``.
 
-    A file is opened (an existing one overwritten) at its stream's first
-    chunk, takes that chunk's rate and channel count, and is closed (its
-    header completed) when the source completes, errors, or the subscription
-    is disposed. Chunks are written
-    back to back: a user's pauses are not kept (write the :func:`mix` for a
-    timeline). On completion the operator emits each file's path.
+    A file is opened (an existing one overwritten; its folder created if
+    needed) at its stream's first chunk, takes that chunk's rate and channel
+    count, and is closed (its header completed) when the source completes,
+    errors, or the subscription is disposed. A file that cannot be created
+    or written ends the pipeline with the ``OSError`` (pass ``on_error`` to
+    ``subscribe`` to handle it). Chunks are written back to back: a user's
+    pauses are not kept (:func:`write_timeline` keeps them, and never
+    replaces a file). On completion the operator emits each file's path.
 
     .. marble::
         :alt: write_wav
@@ -700,7 +707,7 @@ def to_async_iterable(
 
 # -- Call time: utterances and recordings on the call's timeline ---------------------------
 
-__all__ += ["utterances"]
+__all__ += ["utterances", "write_timeline"]
 
 
 def utterances(
@@ -794,3 +801,62 @@ def utterances(
         silence_timeout,
         scheduler,
     )
+
+
+def write_timeline(
+    folder: str | os.PathLike[str],
+    *,
+    start: float | None = None,
+    labels: Labels | None = None,
+) -> Callable[[Observable[PcmChunk]], Observable[Path]]:
+    """Write one WAV per user **on the call's timeline**, plus the mix, in ``folder``.
+
+    Each chunk is written at its call time (:attr:`~rxvoice.events.PcmChunk.time`):
+    sample ``k`` of every file was heard at ``start + k / rate``, with silence
+    where the user was quiet (or joined later). On completion every file is
+    padded to the longest, so all files have the recording's length and line
+    up with each other (and with the mix, when the :func:`mix` chunks go
+    through the same sink) in any editor. A chunk overlapping what is already
+    written (its time went back a little) loses its overlapping head.
+
+    File names say whose voice it is: ``{label}-{user_id}.wav`` with the
+    label given by ``labels`` (a display name; made safe for file systems),
+    ``{user_id}.wav`` without one, ``mix.wav`` for the chunks of :func:`mix`,
+    ``ssrc-{ssrc}.wav`` for an SSRC with no known user. A user's new SSRC
+    (a reconnect) goes on in the same file.
+
+    **Never replaces a file:** names are claimed with an exclusive create; if
+    ``name.wav`` exists (or appears), ``name-2.wav`` is used, then
+    ``name-3.wav``..., with a warning logged on ``rxvoice.operators``. The
+    paths emitted on completion tell where each stream went. Nothing is ever
+    deleted.
+
+    .. marble::
+        :alt: write_timeline
+
+        -p0-bp0-p1-|
+        [ write_timeline("rec") ]
+        -------(A,B,|)
+
+    Example:
+        >>> pcm = conn.on_audio_frame.pipe(vops.decode_opus(), ops.share())
+        >>> reactivex.merge(pcm, pcm.pipe(vops.mix())).pipe(
+        ...     vops.write_timeline("rec", start=loop.time(), labels={"1001": "Ada"})
+        ... ).subscribe(print)  # rec/Ada-1001.wav, rec/mix.wav, ... when the call ends
+
+    Args:
+        folder: Where the files go (created if needed).
+        start: The call time of sample 0 of every file; by default the time
+            of the first chunk the sink receives. Audio before it is dropped.
+        labels: Display names by user id: a mapping, or a function
+            returning a name or ``None``.
+
+    Returns:
+        An operator from :class:`~rxvoice.events.PcmChunk` to the
+        :class:`pathlib.Path` of every file written, on completion. I/O
+        errors, a user's chunks changing format, and exceptions of
+        ``labels`` go to ``on_error`` (the files are closed, readable).
+    """
+    from rxvoice.operators._timeline import write_timeline_
+
+    return write_timeline_(folder, start, labels)

@@ -50,7 +50,6 @@ def mix_(
             )
             timer = SerialDisposable()
             start: float | None = None  # when tick 0 is due
-            origin = 0.0  # the call time of tick 0's audio: the first chunk's
             source_done = False
             stopped = False
 
@@ -74,6 +73,7 @@ def mix_(
                     if stopped:
                         return
                     tick = mixer.tick
+                    assert start is not None
                     pcm = mixer.mix()
                     if tick % PRUNE_EVERY == 0:
                         mixer.prune(max_ahead)
@@ -84,7 +84,7 @@ def mix_(
                             tick * step % _TS_MOD,
                             pcm,
                             sample_rate,
-                            time=origin + tick * interval,
+                            time=start + tick * interval,
                         )
                     )
                     if source_done and not any(mixer.queued(s) for s in mixer.sources):
@@ -93,7 +93,7 @@ def mix_(
                     arm()
 
             def on_next(chunk: PcmChunk) -> None:
-                nonlocal start, origin
+                nonlocal start
                 with lock:
                     if stopped:
                         return
@@ -111,8 +111,6 @@ def mix_(
                         finish(error)
                         return
                     if start is None:
-                        # The first chunk plays in tick 0: the ticks follow its call time.
-                        origin = chunk.time
                         start = now_of(clock) + delay
                         arm()
 
