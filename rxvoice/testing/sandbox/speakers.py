@@ -497,7 +497,10 @@ class Speaker:
                 await self.talk(max(1, round(seconds / FRAME_SECONDS)))
             else:
                 if self._encoder is None:
-                    self._encoder = OpusEncoder(application="voip")
+                    # As Discord clients: in-band FEC, so a single loss can be recovered.
+                    self._encoder = OpusEncoder(
+                        application="voip", fec=True, packet_loss_percent=10
+                    )
                 encoder, frames = self._encoder, self.voice.phrase(seconds)
                 self._set_speaking(True)
                 count = max(1, round(seconds / FRAME_SECONDS))
