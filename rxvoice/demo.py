@@ -7,11 +7,11 @@ other, each at their own pitch. It joins with an rxvoice
 ``python -m rxvoice record`` does, with the same live view. A third of the way
 in someone joins, two thirds in someone leaves: each is a DAVE epoch change.
 
-At the end it prints a summary and leaves in ``--out`` one WAV per speaker on
-the call's timeline (named by speaker: ``Ada-<id>.wav``), ``mix.wav`` and
-``timeline.png``; then it checks each speaker's file by the pitch of their
-voice. Files already in ``--out`` are never replaced or deleted (new names get
-``-2``, ...).
+At the end it prints a summary and leaves in ``--out`` (by default a new
+folder, ``out/demo/DATE-TIME``) one WAV per speaker on the call's timeline
+(named by speaker: ``Ada-<id>.wav``), ``mix.wav`` and ``timeline.png``; then it
+checks each speaker's file by the pitch of their voice. Files already in
+``--out`` are never replaced or deleted (new names get ``-2``, ...).
 
 Exit codes: 0 every speaker who spoke was heard in their own file at their
 own pitch; 1 not (or it could not run: libopus missing); 2 bad options.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import math
 import time
 import wave
@@ -97,7 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long to listen, up to 20 (default: 10, longer for more speakers)",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("out/demo"), help="where the files go (default out/demo)"
+        "--out",
+        type=Path,
+        help="where the files go (default: out/demo/DATE-TIME, a new folder per run)",
     )
     parser.add_argument("--no-dave", action="store_true", help="transport encryption only")
     parser.add_argument(
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose)
     began = time.monotonic()
     seconds = args.seconds or max(10.0, 2.2 * (args.speakers + 1))
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out = args.out or Path("out/demo") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outcome = asyncio.run(_demo(args, seconds))
     if outcome is None:
         return 1
@@ -128,9 +131,6 @@ def run(args: argparse.Namespace) -> int:
     for line in results:
         print(f"  {line.text}")
     mix = next((f for f in files if f.is_mix), None)
-    plot = args.out / "timeline.png"
-    if plot.exists():
-        print(f"  timeline: {plot}")
     if mix is not None:
         print(f"  listen: aplay {mix.path}   (or open the WAV files in any audio editor)")
     print(f"  done in {time.monotonic() - began:.1f} s")
@@ -170,6 +170,7 @@ async def _demo(
     args: argparse.Namespace, seconds: float
 ) -> tuple[list[RecordedFile], dict[str, float]] | None:
     from rxvoice.connection import Connection
+    from rxvoice.operators._timeline import open_new
     from rxvoice.shard import GatewayShard
     from rxvoice.testing.sandbox import Faults, Sandbox
     from rxvoice.view import LiveView, plot_timeline
@@ -179,10 +180,11 @@ async def _demo(
     restore = install_stop_signals(stop)
     faults = Faults(loss=args.loss / 100.0, seed=1) if args.loss else None
     print(
-        f"rxvoice demo: a local Discord with {args.speakers} people talking, DAVE "
+        f"rxvoice demo: a local Discord with {args.speakers} "
+        f"{'person' if args.speakers == 1 else 'people'} talking, DAVE "
         f"{'off' if args.no_dave else 'on'}"
         + (f", {args.loss:g}% packet loss" if args.loss else "")
-        + f"; listening for {seconds:g} s",
+        + f"; listening for {seconds:g} s; files go to {out}/",
         flush=True,
     )
     try:
@@ -216,7 +218,9 @@ async def _demo(
             finally:
                 await conn.close()
                 await shard.close()
-        plot_timeline(monitor, out / "timeline.png", title="rxvoice demo: a DAVE call")
+        with open_new(out, "timeline", ".png") as png:
+            plot_timeline(monitor, png, title="rxvoice demo: a DAVE call")
+        print(f"  timeline: {png.name}")
         packets, lost, concealed, recovered = monitor.totals()
         print(
             f"  heard {packets} packets: {lost} lost, {concealed} concealed, "

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Self
 
 from rxvoice.audio.dsp import dbfs
 from rxvoice.events import (
@@ -414,18 +414,19 @@ def _with_breaks(levels: list[tuple[float, float]]) -> tuple[list[float], list[f
     return times, values
 
 
-def plot_timeline(monitor: CallMonitor, path: Path, *, title: str = "rxvoice call") -> Path:
-    """Draw the call: per-user levels over time, speech spans, DAVE epoch changes.
+def plot_timeline(
+    monitor: CallMonitor, target: Path | BinaryIO, *, title: str = "rxvoice call"
+) -> None:
+    """Draw the call as a PNG: per-user levels over time, speech spans, DAVE epoch changes.
 
     Uses matplotlib's Agg backend (no display needed).
 
     Args:
         monitor: The monitor of the call (after :meth:`CallMonitor.finish`).
-        path: The PNG to write (its folder must exist).
+        target: The PNG to write: a path (its folder must exist) or a file
+            open for binary writing (e.g. from
+            :func:`rxvoice.operators._timeline.open_new`, never replacing a file).
         title: The figure's title.
-
-    Returns:
-        ``path``.
     """
     import matplotlib
 
@@ -487,6 +488,5 @@ def plot_timeline(monitor: CallMonitor, path: Path, *, title: str = "rxvoice cal
     for ax in (levels_ax, spans_ax):
         ax.grid(True, axis="x", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(target, dpi=110, format="png")
     plt.close(figure)
-    return path

@@ -88,7 +88,8 @@ async def test_in_a_terminal_the_view_is_a_live_table() -> None:
 def test_the_timeline_plot(tmp_path: Path) -> None:
     monitor = monitor_of_a_call()
     monitor.finish(103.0)
-    path = plot_timeline(monitor, tmp_path / "timeline.png")
+    path = tmp_path / "timeline.png"
+    plot_timeline(monitor, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     times, values = _with_breaks([(0.0, -20.0), (0.1, -21.0), (2.0, -19.0)])
     assert times[:2] == [0.0, 0.1] and math.isnan(values[2]) and times[3:] == [2.0]

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeAlias
+from typing import BinaryIO, TypeAlias
 
 from reactivex import Observable
 
@@ -47,29 +47,41 @@ def file_stem(chunk: PcmChunk, labels: Labels | None) -> str:
     return f"{safe}-{user}" if safe else user
 
 
-def create_new(folder: Path, stem: str, chunk: PcmChunk, taken: set[Path]) -> WavFile:
-    """Create ``stem.wav`` in ``folder``, or ``stem-2.wav``, ``stem-3.wav``... if it exists.
+def open_new(folder: Path, stem: str, suffix: str, taken: set[Path] | None = None) -> BinaryIO:
+    """Create ``stem + suffix`` in ``folder`` (made if needed), or ``stem-2``, ``stem-3``...
 
     Never opens an existing file: a name is claimed with an exclusive create,
-    so a file appearing meanwhile is not replaced either.
+    so a file appearing meanwhile is not replaced either. The name chosen is
+    the returned file's ``name``.
+
+    Args:
+        folder: Where.
+        stem: The name without the suffix.
+        suffix: E.g. ``".wav"``.
+        taken: Names to skip, and to add the chosen one to.
+
+    Returns:
+        The new file, open for binary writing.
 
     Raises:
         FileExistsError: If :data:`MAX_RENAMES` names are all taken.
         OSError: If the folder or the file cannot be created.
     """
+    folder.mkdir(parents=True, exist_ok=True)
     for n in range(1, MAX_RENAMES + 1):
-        path = folder / (f"{stem}.wav" if n == 1 else f"{stem}-{n}.wav")
-        if path in taken:
+        path = folder / (f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
+        if taken is not None and path in taken:
             continue
         try:
-            file = WavFile(path, chunk, exclusive=True)
+            raw = path.open("xb")
         except FileExistsError:
             continue
         if n > 1:
-            logger.warning("%s.wav exists and is kept: writing %s instead", stem, path.name)
-        taken.add(path)
-        return file
-    raise FileExistsError(f"{folder / stem}.wav and {MAX_RENAMES - 1} other names exist")
+            logger.warning("%s%s exists and is kept: writing %s instead", stem, suffix, path.name)
+        if taken is not None:
+            taken.add(path)
+        return raw
+    raise FileExistsError(f"{folder / stem}{suffix} and {MAX_RENAMES - 1} other names exist")
 
 
 class _TimelineFiles(WavFiles):
@@ -83,7 +95,8 @@ class _TimelineFiles(WavFiles):
         self._taken: set[Path] = set()
 
     def open(self, key: StreamKey, chunk: PcmChunk) -> WavFile:
-        return create_new(self._folder, file_stem(chunk, self._labels), chunk, self._taken)
+        raw = open_new(self._folder, file_stem(chunk, self._labels), ".wav", self._taken)
+        return WavFile(Path(raw.name), chunk, raw=raw)
 
     def write(self, file: WavFile, chunk: PcmChunk) -> None:
         if self._origin is None:
@@ -114,4 +127,4 @@ def write_timeline_(
     return wav_sink(lambda: _TimelineFiles(directory, start, labels))
 
 
-__all__ = ["MAX_LABEL", "MAX_RENAMES", "Labels", "create_new", "file_stem", "write_timeline_"]
+__all__ = ["MAX_LABEL", "MAX_RENAMES", "Labels", "open_new", "file_stem", "write_timeline_"]

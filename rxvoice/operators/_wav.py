@@ -31,7 +31,8 @@ class WavFile:
     Args:
         path: Where to write.
         chunk: The first chunk: its rate and channel count are the file's.
-        exclusive: Refuse to replace an existing file (``FileExistsError``).
+        raw: The file, already opened for binary writing (it is closed with
+            this one); by default ``path`` is created or replaced.
     """
 
     __slots__ = (
@@ -45,13 +46,15 @@ class WavFile:
         "writer",
     )
 
-    def __init__(self, path: Path, chunk: PcmChunk, *, exclusive: bool = False) -> None:
+    def __init__(self, path: Path, chunk: PcmChunk, *, raw: BinaryIO | None = None) -> None:
         self.path = path
         self.rate = chunk.sample_rate
         self.channels = chunk.channels
         self.samples = 0  # samples per channel written so far
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._raw = path.open("xb" if exclusive else "wb")
+        if raw is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            raw = path.open("wb")
+        self._raw = raw
         try:
             self.writer = wave.open(self._raw, "wb")  # noqa: SIM115 - closed by close()
             self.writer.setnchannels(self.channels)

@@ -179,6 +179,7 @@ class Sandbox:
         self.voices = voices
         self._conversation: Conversation | None = None
         self._conversation_task: asyncio.Task[None] | None = None
+        self._started = False
         self.dave_enabled = dave
         self.require_dave = require_dave
         self.host = host
@@ -314,6 +315,7 @@ class Sandbox:
         logger.info("sandbox up: gateway %s, voice %s", self.gateway_url, self.voice_endpoint)
         for _ in range(self._initial_speakers):
             await self.add_speaker()
+        self._started = True  # speakers added from now on are newcomers
 
     async def _serve_gateway(self, ws: Any) -> None:
         assert self._gateway is not None
@@ -500,7 +502,7 @@ class Sandbox:
             self._conversation_task = asyncio.get_running_loop().create_task(
                 self._conversation.run(), name="sandbox-conversation"
             )
-        self._conversation.add(speaker)
+        self._conversation.add(speaker, soon=self._started)
 
     @property
     def speakers(self) -> list[Speaker]:

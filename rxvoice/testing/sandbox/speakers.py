@@ -89,10 +89,11 @@ class SpeechVoice:
     """Speech-like sound around one pitch: vowels in syllables, with a pitch contour and pauses.
 
     Each phrase is a run of syllables (a vowel of 120-280 ms with a soft
-    attack and release, then a 30-90 ms pause). The pitch glides down over
-    the phrase (from +6 % to -6 %, as sentences do) with a small accent per
-    syllable, so its median is the voice's :attr:`pitch`: a speaker stays
-    recognisable by it (see :func:`rxvoice.audio.dsp.fundamental_frequency`).
+    attack and release, then a 30-90 ms pause). The pitch rises and falls
+    around the voice's :attr:`pitch` (by 5 %, about once a second, as
+    intonation does) with a small accent per syllable, so the median pitch of
+    any half second is close to it: a speaker stays recognisable by it (see
+    :func:`rxvoice.audio.dsp.fundamental_frequency`).
     The sound is a sum of harmonics of the pitch shaped by the vowel's
     formants (scaled up for higher voices, as shorter vocal tracts are).
 
@@ -106,6 +107,7 @@ class SpeechVoice:
         self._rng = random.Random(seed)  # noqa: S311 - a script, not crypto
         self._phase = 0.0
         self._tract = (pitch / 120.0) ** 0.25  # formant scale
+        self._tune = self._rng.uniform(0, 2 * math.pi)  # where the intonation starts
 
     def phrase(self, seconds: float) -> Iterator[np.ndarray]:
         """Yield the 20 ms stereo int16 frames of a phrase of about ``seconds``."""
@@ -126,8 +128,8 @@ class SpeechVoice:
     ) -> np.ndarray:
         n = np.arange(first, first + SAMPLES_PER_FRAME)
         out = np.zeros(SAMPLES_PER_FRAME)
-        # The pitch glides from +6 % to -6 % over the phrase: the median is the pitch.
-        glide = 1.06 - 0.12 * n / total
+        # Intonation: up and down by 5 % around the pitch, about once a second.
+        glide = 1.0 + 0.05 * np.sin(2 * np.pi * n / (0.9 * SAMPLE_RATE) + self._tune)
         accent = np.zeros(SAMPLES_PER_FRAME)
         envelope = np.zeros(SAMPLES_PER_FRAME)
         vowel = 0
@@ -554,7 +556,7 @@ class Conversation:
 
     A turn lasts 0.8-2.2 s; the next one starts 0.5 s after it ends, or up to
     0.35 s before (people talk over each other). Speakers take turns in
-    order; a speaker who joins speaks next. It runs while
+    order; a speaker who joins later speaks next. It runs while
     :meth:`run` does (the sandbox runs it as a task).
 
     Args:
@@ -567,9 +569,12 @@ class Conversation:
         self._joined = asyncio.Event()
         self._turns: set[asyncio.Task[None]] = set()
 
-    def add(self, speaker: Speaker) -> None:
-        """Let ``speaker`` take part; it speaks next."""
-        self._order.appendleft(speaker)
+    def add(self, speaker: Speaker, *, soon: bool = True) -> None:
+        """Let ``speaker`` take part: it speaks next (``soon``), or after the others."""
+        if soon:
+            self._order.appendleft(speaker)
+        else:
+            self._order.append(speaker)
         self._joined.set()
 
     def _next(self) -> Speaker | None:
