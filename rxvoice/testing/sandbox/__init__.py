@@ -316,6 +316,7 @@ class Sandbox:
         for _ in range(self._initial_speakers):
             await self.add_speaker()
         self._started = True  # speakers added from now on are newcomers
+        self._start_conversation()
 
     async def _serve_gateway(self, ws: Any) -> None:
         assert self._gateway is not None
@@ -499,10 +500,15 @@ class Sandbox:
     def _converse(self, speaker: Speaker) -> None:
         if self._conversation is None:
             self._conversation = Conversation(seed=len(self._speakers))
+        self._conversation.add(speaker, soon=self._started)
+        self._start_conversation()
+
+    def _start_conversation(self) -> None:
+        # Once the initial speakers are all in: the first turns go round in join order.
+        if self._conversation is not None and self._started and self._conversation_task is None:
             self._conversation_task = asyncio.get_running_loop().create_task(
                 self._conversation.run(), name="sandbox-conversation"
             )
-        self._conversation.add(speaker, soon=self._started)
 
     @property
     def speakers(self) -> list[Speaker]:
