@@ -5,7 +5,9 @@ and ``run(args) -> int``; add a command by adding a line to ``_COMMANDS``.
 
 Every error is one line on standard error, never a traceback: a bad option
 or a missing token exits 2 (as argparse does); a failure to run, such as
-libopus missing, exits 1. ``--version`` prints the version.
+libopus missing, exits 1; Ctrl-C exits 130 unless the command handles it
+(``record`` and ``demo`` stop cleanly and exit as usual). ``--version``
+prints the version.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 """Bad options or a missing setting (argparse's code)."""
 
+EXIT_INTERRUPTED = 130
+"""Ctrl-C before the command could stop cleanly by itself (128 + SIGINT)."""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line (no usage block): ``prog: error: ...``."""
@@ -42,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (``sys.argv[1:]`` by default), run the command, return its exit code."""
     from rxvoice import __version__
-    from rxvoice.errors import OpusUnavailable
+    from rxvoice.errors import RxVoiceError
 
     parser = _Parser(prog="rxvoice", description="rxvoice: Discord voice as reactive streams.")
     parser.add_argument("--version", action="version", version=f"rxvoice {__version__}")
@@ -55,9 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(modules[args.command].run(args))
-    except OpusUnavailable as error:
-        print(f"rxvoice {args.command}: error: {error}", file=sys.stderr)
+    except (RxVoiceError, OSError, TimeoutError) as error:
+        # libopus missing, a port in use, a folder that cannot be written...
+        text = str(error) or type(error).__name__
+        print(f"rxvoice {args.command}: error: {text}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # before a command's own Ctrl-C handling is in place
+        print(f"rxvoice {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ At the end it prints a summary and leaves in ``--out`` (by default a new
 folder, ``out/demo/DATE-TIME``) one WAV per speaker on the call's timeline
 (named by speaker: ``Ada-<id>.wav``), ``mix.wav`` and ``timeline.png``; then it
 checks each speaker's file by the pitch of their voice. Files already in
-``--out`` are never replaced or deleted (new names get ``-2``, ...).
+``--out`` are never replaced or deleted (new names get ``-2``, ...). Ctrl-C
+stops it early, with the files finished.
 
 Exit codes: 0 every speaker who spoke was heard in their own file at their
 own pitch; 1 not (or it could not run: libopus missing); 2 bad options.
@@ -122,10 +123,7 @@ def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     seconds = args.seconds or max(10.0, 2.2 * (args.speakers + 1))
     args.out = args.out or Path("out/demo") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    outcome = asyncio.run(_demo(args, seconds))
-    if outcome is None:
-        return 1
-    files, voices = outcome
+    files, voices = asyncio.run(_demo(args, seconds))
     print_files(files, args.out)
     results = [_check(name, pitch, files) for name, pitch in voices.items()]
     for line in results:
@@ -168,7 +166,7 @@ def _check(name: str, pitch: float, files: list[RecordedFile]) -> _Check:
 
 async def _demo(
     args: argparse.Namespace, seconds: float
-) -> tuple[list[RecordedFile], dict[str, float]] | None:
+) -> tuple[list[RecordedFile], dict[str, float]]:
     from rxvoice.connection import Connection
     from rxvoice.operators._timeline import open_new
     from rxvoice.shard import GatewayShard
@@ -204,16 +202,16 @@ async def _demo(
                 await conn.connect()
                 monitor = recording.start()
                 async with LiveView(monitor):
-                    await run_until(stop, seconds * 0.35)
-                    if not stop.is_set():
+                    await run_until(stop, seconds * 0.35, recording.done)
+                    if not (stop.is_set() or recording.done.done()):
                         newcomer = await sb.add_speaker()
                         name = NAMES[len(voices)]
                         recording.name(newcomer.user_id, name)
                         voices[name] = newcomer.frequency
-                        await run_until(stop, seconds * 0.30)
-                    if not stop.is_set() and len(sb.speakers) > 1:
+                        await run_until(stop, seconds * 0.30, recording.done)
+                    if not (stop.is_set() or recording.done.done()) and len(sb.speakers) > 1:
                         await sb.remove_speaker(sb.speakers[0])
-                        await run_until(stop, seconds * 0.35)
+                        await run_until(stop, seconds * 0.35, recording.done)
                 files = await recording.finish()
             finally:
                 await conn.close()

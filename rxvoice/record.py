@@ -181,8 +181,8 @@ class RecordedFile:
 class Recording:
     """A recording of a connection: per-user timeline WAVs, the mix, and a live monitor.
 
-    Subscribe it before ``connect()`` returns nothing it needs: it records
-    from :meth:`start` on. Used by ``record`` and ``demo``.
+    It records from :meth:`start` on (once the connection is connected) until
+    :meth:`finish`. Used by ``record`` and ``demo``.
 
     Args:
         conn: The connection to record.
@@ -208,6 +208,12 @@ class Recording:
         self.monitor: CallMonitor | None = None
         self._done: asyncio.Future[None] | None = None
         self._subscriptions: list[DisposableBase] = []
+
+    @property
+    def done(self) -> asyncio.Future[None]:
+        """Resolved when the files are finished, or as soon as writing failed."""
+        assert self._done is not None, "start() first"
+        return self._done
 
     def name(self, user_id: str, name: str) -> None:
         """Name a user (e.g. one who joins later): their file and their row in the view."""
@@ -347,7 +353,7 @@ async def _record(args: argparse.Namespace, token: str, out: Path) -> int:
         )
         print(f"recording channel {args.channel} into {out}/ (Ctrl-C stops)", flush=True)
         async with LiveView(monitor):
-            await run_until(stop, args.seconds, closed)
+            await run_until(stop, args.seconds, closed, recording.done)
         if closed.done():
             print(f"the connection ended: {closed.result()}")
         files = await recording.finish()

@@ -141,6 +141,13 @@ class CallMonitor:
                 by default.
         """
         self._connection = conn
+        dave = conn.dave
+        if dave is not None and dave.ready:  # the group as it is now, before any change
+            self.on_transition(
+                DaveEpochTransition(
+                    dave.epoch, dave.protocol_version, 0, dave.members, dave.privacy_code
+                )
+            )
         return [
             (frames if frames is not None else conn.on_audio_frame).subscribe(self.on_frame),
             pcm.subscribe(self.on_chunk),
