@@ -120,7 +120,6 @@ class CallMonitor:
         self.privacy_code: str | None = None
         self.packets_total = 0
         self._next_seq: dict[int, int] = {}
-        self._connection: Connection | None = None
 
     # -- feeding -------------------------------------------------------------
 
@@ -140,7 +139,8 @@ class CallMonitor:
             frames: The frames ``pcm`` was decoded from; ``conn.on_audio_frame``
                 by default.
         """
-        self._connection = conn
+        for user_id in sorted(conn.users):  # already in the call, heard or not
+            self.user(user_id)
         dave = conn.dave
         if dave is not None and dave.ready:  # the group as it is now, before any change
             self.on_transition(
@@ -351,8 +351,9 @@ def _grouped(code: str) -> str:
 class LiveView:
     """Shows a :class:`CallMonitor` while a call runs; use as an async context manager.
 
-    In a terminal, a ``rich`` live table redrawn four times a second, in
-    place; otherwise one :meth:`CallMonitor.status_line` per second.
+    In a terminal, a ``rich`` live table redrawn in place four times a second
+    (by a task on the event loop, where the monitor is fed); otherwise one
+    :meth:`CallMonitor.status_line` per second.
 
     Args:
         monitor: What to show.
@@ -376,13 +377,11 @@ class LiveView:
         if self.interactive:
             from rich.live import Live
 
-            self._live = Live(
-                get_renderable=self.monitor.render,
-                console=self.console,
-                refresh_per_second=4,
-                transient=False,
-            )
-            self._live.start()
+            # Redrawn by a task on the event loop, not by rich's thread: the
+            # monitor changes on the loop, so it is read there too.
+            self._live = Live(self.monitor.render(), console=self.console, auto_refresh=False)
+            self._live.start(refresh=True)
+            self._task = asyncio.get_running_loop().create_task(self._frames(self._live))
         else:
             self._task = asyncio.get_running_loop().create_task(self._lines())
         return self
@@ -393,14 +392,20 @@ class LiveView:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._live is not None:
+            self._live.update(self.monitor.render(), refresh=True)
+            self._live.stop()
+            self._live = None
+
+    async def _frames(self, live: Any) -> None:
+        while True:
+            await asyncio.sleep(0.25)  # four frames a second, on the loop
+            live.update(self.monitor.render(), refresh=True)
 
     async def _lines(self) -> None:
         while True:

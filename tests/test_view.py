@@ -94,3 +94,29 @@ def test_the_timeline_plot(tmp_path: Path) -> None:
     times, values = _with_breaks([(0.0, -20.0), (0.1, -21.0), (2.0, -19.0)])
     assert times[:2] == [0.0, 0.1] and math.isnan(values[2]) and times[3:] == [2.0]
     assert np.isfinite(values[3])
+
+
+def test_attach_starts_from_the_call_as_it_is() -> None:
+    from types import SimpleNamespace
+
+    from reactivex.subject import Subject
+
+    dave = SimpleNamespace(
+        ready=True, epoch=2, protocol_version=1, members=("1001", "7"), privacy_code="12345"
+    )
+    conn = SimpleNamespace(
+        users={"1002", "1001"},
+        dave=dave,
+        on_audio_frame=Subject(),
+        on_dave_epoch_transition=Subject(),
+        on_client_connect=Subject(),
+        on_client_disconnect=Subject(),
+    )
+    monitor = CallMonitor(5.0, names=NAMES, clock=lambda: 5.0)
+    subscriptions = monitor.attach(conn, Subject(), Subject())  # type: ignore[arg-type]
+    assert [u.user_id for u in monitor.rows()] == ["1001", "1002"]  # silent, but in the call
+    assert monitor.epoch == 2 and monitor.members == ("1001", "7")
+    conn.on_client_disconnect.on_next(ClientDisconnect("1002"))
+    assert not monitor.users["1002"].present
+    for subscription in subscriptions:
+        subscription.dispose()
