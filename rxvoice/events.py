@@ -30,6 +30,7 @@ __all__ = [
     "PcmChunk",
     "SpeakingEvent",
     "SpeakingFlags",
+    "Utterance",
     "VoiceActivityChange",
 ]
 
@@ -267,6 +268,15 @@ class PcmChunk:
             missing packet (or replaced a corrupted one), not decoded.
         recovered: The audio was rebuilt from the in-band FEC data of the
             packet after a lost one.
+        time: The **call time** of the first sample: seconds on the clock of
+            :attr:`AudioFrame.received_at` (the connection's event-loop clock;
+            the scheduler's clock in virtual time) at which it was heard.
+            :func:`rxvoice.operators.decode_opus` anchors it on the arrival
+            of the first packet of each talk spurt and advances it by RTP
+            timestamp within the spurt, so it is smooth and, unlike the RTP
+            timestamp (which stops while a user is quiet), comparable between
+            users and across pauses. For the mix, the tick's due time.
+            ``0.0`` for a chunk built without one.
     """
 
     user_id: str | None
@@ -276,6 +286,7 @@ class PcmChunk:
     sample_rate: int = 48_000
     concealed: bool = False
     recovered: bool = False
+    time: float = 0.0
 
     @property
     def samples(self) -> int:
@@ -304,6 +315,7 @@ class AudioLevel:
         rms: Root-mean-square level in sample units (0 to 32768).
         dbfs: The same in dBFS (0 = full-scale square wave; ``-inf`` or the
             chosen floor for digital silence).
+        time: The chunk's call time (see :attr:`PcmChunk.time`).
     """
 
     user_id: str | None
@@ -311,6 +323,7 @@ class AudioLevel:
     timestamp: int
     rms: float
     dbfs: float
+    time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,9 +336,53 @@ class VoiceActivityChange:
         speaking: ``True`` when speech started, ``False`` when it stopped.
         timestamp: The RTP timestamp (48 kHz units) where it happened: the
             first loud chunk of the onset, or the end of the speech.
+        time: The call time where it happened (see :attr:`PcmChunk.time`):
+            when the onset's first loud sample, or the end of the speech, was heard.
     """
 
     user_id: str | None
     ssrc: int | None
     speaking: bool
     timestamp: int
+    time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Utterance:
+    """One stretch of a user's speech, cut by :func:`rxvoice.operators.utterances`.
+
+    Equality is identity (compare audio with ``numpy.array_equal``).
+
+    Attributes:
+        user_id: The speaker (``None`` for an SSRC not mapped to a user).
+        ssrc: The SSRC of the utterance's first chunk.
+        start: The call time of the first sample (pre-roll included), in
+            seconds on the clock of :attr:`PcmChunk.time`.
+        end: The call time just after the last sample; ``end - start`` is
+            :attr:`duration`.
+        pcm: int16 samples shaped ``(samples, channels)``, on the call's
+            timeline: a stretch the user sent nothing for (a lost packet
+            that could not be concealed) is silence, so sample ``k`` was
+            heard at ``start + k / sample_rate``.
+        sample_rate: Samples per second of :attr:`pcm`.
+        continues: The speech went on past the operator's ``max_duration``:
+            the user's next utterance starts where this one ends.
+    """
+
+    user_id: str | None
+    ssrc: int | None
+    start: float
+    end: float
+    pcm: npt.NDArray[np.int16] = field(repr=False)
+    sample_rate: int
+    continues: bool = False
+
+    @property
+    def samples(self) -> int:
+        """Samples per channel."""
+        return int(self.pcm.shape[0])
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return self.samples / self.sample_rate

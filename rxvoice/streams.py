@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from reactivex import abc
 from reactivex.subject import BehaviorSubject, Subject
 
 __all__ = ["EventStream", "StateStream"]
@@ -20,8 +21,11 @@ class EventStream(Subject[T]):
 
     A plain Subject lets an exception raised in one subscriber's ``on_next``
     escape into the code that emitted the value (here: the receive loop) and
-    skips the remaining subscribers. This one logs the exception and carries on,
-    so one faulty callback cannot end the connection or another pipeline.
+    skips the remaining subscribers. This one logs the exception, saying
+    whether that subscriber's pipeline ended (an error that reached a
+    ``subscribe`` without ``on_error``: RxPY then disposes the pipeline) or
+    stays subscribed (a callback raised), and carries on, so one faulty
+    subscriber cannot end the connection or another pipeline.
     Errors inside an operator chain still reach that chain's ``on_error``.
     """
 
@@ -32,7 +36,7 @@ class EventStream(Subject[T]):
             try:
                 observer.on_next(value)
             except Exception:
-                logger.exception("a subscriber raised in on_next; it keeps its subscription")
+                _report(self, observer)
 
     def on_next_all(self, values: Sequence[T]) -> None:
         """Emit ``values`` in order, as many :meth:`on_next` calls would, for less.
@@ -50,7 +54,33 @@ class EventStream(Subject[T]):
                 try:
                     observer.on_next(value)
                 except Exception:
-                    logger.exception("a subscriber raised in on_next; it keeps its subscription")
+                    if not _report(self, observer):
+                        observers = [o for o in observers if o is not observer]
+
+
+def _report(stream: Subject[Any], observer: abc.ObserverBase[Any]) -> bool:
+    """Log what a subscriber's exception did: ended its pipeline, or not.
+
+    An exception reaches the stream when a callback raises, or when an error
+    reaches a ``subscribe`` without ``on_error`` (RxPY raises it there). In
+    the second case RxPY has already disposed that pipeline.
+
+    Returns:
+        Whether the observer is still subscribed.
+    """
+    with stream.lock:
+        subscribed = observer in stream.observers
+    if subscribed:
+        logger.exception(
+            "a subscriber raised in on_next; it stays subscribed and gets the next values"
+        )
+    else:
+        logger.exception(
+            "a subscriber's pipeline ended with this error (it reached a subscribe() without "
+            "on_error): that pipeline was unsubscribed and gets no more values; the other "
+            "subscribers carry on. Pass on_error= to subscribe() to handle it"
+        )
+    return subscribed
 
 
 class StateStream(BehaviorSubject[T]):
@@ -67,4 +97,4 @@ class StateStream(BehaviorSubject[T]):
             try:
                 observer.on_next(value)
             except Exception:
-                logger.exception("a subscriber raised in on_next; it keeps its subscription")
+                _report(self, observer)

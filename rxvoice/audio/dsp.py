@@ -24,6 +24,7 @@ __all__ = [
     "VoiceActivity",
     "VoiceActivityDetector",
     "dbfs",
+    "fundamental_frequency",
     "resample",
     "rms",
     "to_mono",
@@ -348,6 +349,86 @@ def resample(pcm: PcmArray, from_rate: int = 48_000, to_rate: int = 16_000) -> P
     return out[resampler.delay : resampler.delay + length]
 
 
+_PITCH_RATE = 16_000  # pitch analysis runs on a 16 kHz mono copy
+_PITCH_WINDOW = 0.04  # seconds per analysis window
+_YIN_THRESHOLD = 0.15  # a dip of YIN's normalised difference below this is a period
+
+
+def fundamental_frequency(
+    pcm: PcmArray,
+    sample_rate: int = 48_000,
+    *,
+    fmin: float = 60.0,
+    fmax: float = 600.0,
+    threshold_dbfs: float = -40.0,
+) -> float | None:
+    """Estimate the pitch of a voice: the median fundamental over its voiced windows.
+
+    Each 40 ms window at or above ``threshold_dbfs`` is analysed with the YIN
+    method (de Cheveigné and Kawahara, 2002): the first lag where the
+    cumulative-mean-normalised difference dips below 0.15 is the period,
+    refined by parabolic interpolation. Unlike the strongest spectral peak,
+    this finds the fundamental of a vowel whose loudest harmonics sit on its
+    formants. Windows with no clear period (silence, noise) are skipped.
+
+    Args:
+        pcm: int16 samples, 1-D or ``(samples, channels)``.
+        sample_rate: Samples per second of ``pcm``.
+        fmin: The lowest pitch searched, in Hz.
+        fmax: The highest pitch searched, in Hz (below 8 kHz).
+        threshold_dbfs: Quieter windows are skipped.
+
+    Returns:
+        The median pitch in Hz, or ``None`` if no window was voiced.
+
+    Raises:
+        UsageError: If ``0 < fmin < fmax < 8000`` does not hold.
+    """
+    if not 0 < fmin < fmax < _PITCH_RATE / 2:
+        raise UsageError(f"need 0 < fmin < fmax < {_PITCH_RATE // 2}, got {fmin}, {fmax}")
+    mono = to_mono(pcm).astype(np.float64) if pcm.ndim == 2 else pcm.astype(np.float64)
+    x = resample(mono.astype(np.int16), sample_rate, _PITCH_RATE).astype(np.float64)
+    width = round(_PITCH_WINDOW * _PITCH_RATE)
+    lag_min, lag_max = int(_PITCH_RATE / fmax), int(np.ceil(_PITCH_RATE / fmin))
+    limit = (_FULL_SCALE * 10.0 ** (threshold_dbfs / 20.0)) ** 2
+    pitches = []
+    for start in range(0, x.size - width - lag_max, width // 2):
+        frame = x[start : start + width + lag_max]
+        if float(np.mean(frame[:width] ** 2)) < limit:
+            continue
+        period = _yin_period(frame, width, lag_min, lag_max)
+        if period is not None:
+            pitches.append(_PITCH_RATE / period)
+    return float(np.median(pitches)) if pitches else None
+
+
+def _yin_period(
+    frame: npt.NDArray[np.float64], width: int, lag_min: int, lag_max: int
+) -> float | None:
+    """The period in samples of one window (``width + lag_max`` samples), or ``None``."""
+    head = frame[:width]
+    # d(t) = sum (x_j - x_{j+t})^2 = E(head) + E(frame[t:t+width]) - 2 cross(t), all t at once.
+    size = 1 << int(np.ceil(np.log2(frame.size + width)))
+    cross = np.fft.irfft(np.fft.rfft(frame, size) * np.conj(np.fft.rfft(head, size)), size)
+    cross = cross[: lag_max + 1]
+    squares = np.concatenate(([0.0], np.cumsum(frame**2)))
+    shifted = squares[width : width + lag_max + 1] - squares[: lag_max + 1]
+    diff = np.maximum(squares[width] + shifted - 2.0 * cross, 0.0)
+    diff[0] = 0.0
+    running = np.cumsum(diff[1:])
+    normalised = np.ones_like(diff)
+    normalised[1:] = diff[1:] * np.arange(1, lag_max + 1) / np.maximum(running, 1e-12)
+    below = np.flatnonzero(normalised[lag_min:lag_max] < _YIN_THRESHOLD)
+    if below.size == 0:
+        return None
+    t = lag_min + int(below[0])
+    while t + 1 < lag_max and normalised[t + 1] < normalised[t]:
+        t += 1  # down to the bottom of the dip
+    a, b, c = normalised[t - 1], normalised[t], normalised[t + 1]
+    bend = a - 2.0 * b + c
+    return t + (0.5 * (a - c) / bend if bend > 0 else 0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class VoiceActivity:
     """A change reported by :class:`VoiceActivityDetector`.
@@ -433,7 +514,19 @@ class VoiceActivityDetector:
             A :class:`VoiceActivity` when speech starts or stops with this
             frame, else ``None``.
         """
-        return self._step(dbfs(pcm) >= self.threshold_dbfs)
+        return self.update_level(dbfs(pcm))
+
+    def update_level(self, level_dbfs: float) -> VoiceActivity | None:
+        """Feed the next frame by its level, when it is already measured.
+
+        Args:
+            level_dbfs: The frame's level (``-inf`` for a known-quiet frame).
+
+        Returns:
+            A :class:`VoiceActivity` when speech starts or stops with this
+            frame, else ``None``.
+        """
+        return self._step(level_dbfs >= self.threshold_dbfs)
 
     def update_silence(self) -> VoiceActivity | None:
         """Feed a frame known to be silent: a missing packet or a silence frame.

@@ -37,6 +37,7 @@ __all__ = [
     "OpusEncoder",
     "opus_available",
     "packet_has_fec",
+    "require_opus",
 ]
 
 SAMPLE_RATE: Final = 48_000
@@ -102,6 +103,15 @@ def _load() -> _Lib:
             raise OpusUnavailable() from exc
         _lib = _Lib(opuslib.api.decoder, opuslib.api.encoder, opuslib.api.info.strerror)
     return _lib
+
+
+def require_opus() -> None:
+    """Load libopus now, so that a program fails at once (not later in a task) without it.
+
+    Raises:
+        OpusUnavailable: If opuslib or libopus cannot be loaded.
+    """
+    _load()
 
 
 def opus_available() -> bool:

@@ -46,6 +46,7 @@ concealed and FEC-recovered chunks, ``q`` silent ones; ``m`` mixed ticks.
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -67,8 +68,10 @@ from rxvoice.protocol.jitter import DEFAULT_CAPACITY, DEFAULT_LATENCY, DEFAULT_M
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from rxvoice.events import Utterance
     from rxvoice.operators._aiter import ObservableIterator
     from rxvoice.operators._decrypt import SessionKeys
+    from rxvoice.operators._timeline import Labels
     from rxvoice.operators._wav import PathSpec
     from rxvoice.protocol.crypto import RtpCrypto, TransportCipher
     from rxvoice.protocol.dave import DaveManager
@@ -347,6 +350,15 @@ def decode_opus(
     duplicate frames (put the stream through :func:`jitter_buffer` first) are
     dropped and counted.
 
+    Every chunk carries its **call time** (:attr:`~rxvoice.events.PcmChunk.time`,
+    on the clock of ``received_at``): anchored on the arrival of the first
+    packet of each talk spurt, then advanced by RTP timestamp, so it is smooth
+    within a spurt and right after a pause (senders stop the timestamp while
+    quiet). A packet arriving more than
+    :data:`~rxvoice.operators._decode.NEW_SPURT_LATENESS` (0.1 s) later than
+    its timestamp predicts starts a new spurt, as does a resync. Concealed and
+    FEC chunks get the time of the audio they replace.
+
     With ``decode_on`` (a scheduler, e.g. a ``ThreadPoolScheduler``) decoding
     runs there, off the event loop: each SSRC's frames stay in order, different users
     decode in parallel and may interleave differently than they arrived.
@@ -410,8 +422,13 @@ def mix(
     little late); a tick with nobody is silence. After the source completes
     the queued audio is played out, then the stream completes.
 
-    Output chunks have ``user_id=None``, ``ssrc=None`` and timestamp
-    ``tick * 960`` (for 20 ms ticks).
+    Output chunks have ``user_id=None``, ``ssrc=None``, timestamp
+    ``tick * 960`` (for 20 ms ticks) and, as call time, the tick's due time
+    on the scheduler's clock (the clock of the users' chunk times for a
+    Connection's pipeline). A user's talk spurt starts in the tick open when
+    its first chunk arrives, so the mix lines up with the users' chunks
+    within a tick, except the very first spurt mixed, which plays ``delay``
+    later.
 
     .. marble::
         :alt: mix
@@ -450,8 +467,9 @@ def buffer_duration(seconds: float) -> Callable[[Observable[PcmChunk]], Observab
 
     A user's chunks are joined back to back (pauses between talk spurts are
     not filled) and cut every ``seconds`` of samples; the last, shorter, chunk
-    is emitted when the source completes. A chunk's timestamp is that of its
-    first sample; it is ``concealed`` / ``recovered`` if any part was.
+    is emitted when the source completes. A chunk's timestamp and call time
+    are those of its first sample; it is ``concealed`` / ``recovered`` if any
+    part was.
 
     .. marble::
         :alt: buffer_duration
@@ -525,7 +543,8 @@ def resample(to_rate: int = 16_000) -> Callable[[Observable[PcmChunk]], Observab
 
     Returns:
         An operator from :class:`~rxvoice.events.PcmChunk` to chunks at
-        ``to_rate`` (timestamps stay in 48 kHz RTP units).
+        ``to_rate`` (timestamps stay in 48 kHz RTP units; call times are
+        those of each chunk's first output sample).
 
     Raises:
         UsageError: If ``to_rate`` is not positive.
@@ -664,12 +683,14 @@ def write_wav(path: PathSpec) -> Callable[[Observable[PcmChunk]], Observable[Pat
     - a plain path, for a single stream such as the mix: a second stream
       mapping to the same file ends the pipeline with ``UsageError``.
 
-    A file is opened (an existing one overwritten) at its stream's first
-    chunk, takes that chunk's rate and channel count, and is closed (its
-    header completed) when the source completes, errors, or the subscription
-    is disposed. Chunks are written
-    back to back: a user's pauses are not kept (write the :func:`mix` for a
-    timeline). On completion the operator emits each file's path.
+    A file is opened (an existing one overwritten; its folder created if
+    needed) at its stream's first chunk, takes that chunk's rate and channel
+    count, and is closed (its header completed) when the source completes,
+    errors, or the subscription is disposed. A file that cannot be created
+    or written ends the pipeline with the ``OSError`` (pass ``on_error`` to
+    ``subscribe`` to handle it). Chunks are written back to back: a user's
+    pauses are not kept (:func:`write_timeline` keeps them, and never
+    replaces a file). On completion the operator emits each file's path.
 
     .. marble::
         :alt: write_wav
@@ -733,3 +754,160 @@ def to_async_iterable(
     from rxvoice.operators._aiter import to_async_iterable_
 
     return to_async_iterable_(max_pending)
+
+
+# -- Call time: utterances and recordings on the call's timeline ---------------------------
+
+__all__ += ["utterances", "write_timeline"]
+
+
+def utterances(
+    *,
+    sample_rate: int | None = 16_000,
+    mono: bool = True,
+    pre_roll: float = 0.2,
+    post_roll: float = 0.2,
+    max_duration: float = 30.0,
+    threshold_dbfs: float = -45.0,
+    start_frames: int = 2,
+    hangover_frames: int = 15,
+    silence_timeout: float | None = None,
+    scheduler: abc.SchedulerBase | None = None,
+) -> Callable[[Observable[PcmChunk | AudioGap]], Observable[Utterance]]:
+    """Cut each user's speech into utterances, ready for a speech recogniser.
+
+    Per user, the voice activity of :func:`voice_activity` (speech starts
+    after ``start_frames`` loud chunks, stops after ``hangover_frames`` quiet
+    ones or when the user sends nothing for ``silence_timeout``), with
+    **pre-roll**: an utterance begins ``pre_roll`` seconds before its first
+    loud chunk, so the onset that the detector needs to be sure is not lost.
+    It ends ``post_roll`` seconds after the last loud chunk. One
+    :class:`~rxvoice.events.Utterance` is emitted per utterance when it ends:
+    the user, the SSRC, the **call times** of its start and end (see
+    :attr:`~rxvoice.events.PcmChunk.time`: they line up with every other
+    user's and with a recording's timeline) and its PCM, 16 kHz mono by
+    default. A stretch without packets inside an utterance is silence, so the
+    PCM is on the call's timeline too.
+
+    **Bounded in length:** speech longer than ``max_duration`` (30 s, the
+    window of Whisper-style recognisers) is split there; the part is emitted
+    at once with ``continues=True`` and the next part starts where it ends,
+    so nothing is lost and memory stays bounded. Utterances of one user never
+    overlap. On completion, an utterance in progress is emitted.
+
+    Feed it the 20 ms chunks of :func:`decode_opus` (gap markers of
+    :func:`jitter_buffer` are accepted and count as quiet).
+
+    .. marble::
+        :alt: utterances
+
+        -0(1)(2)(3)(4)(5)(6)-----|
+        [ utterances(hangover_frames=3) ]
+        ----------u0:7--|
+
+    In the diagram ``u0:7`` is an utterance of speaker ``a`` from the start
+    of frame 0 to the end of frame 6, emitted when the silence timeout
+    (three frames) declares the speech over.
+
+    Example:
+        >>> async def transcribe_all(conn):
+        ...     speech = conn.on_audio_frame.pipe(vops.decode_opus(), vops.utterances())
+        ...     async with speech.pipe(vops.to_async_iterable()) as items:
+        ...         async for u in items:
+        ...             print(f"{u.start:.2f}-{u.end:.2f}", u.user_id, await transcribe(u.pcm))
+
+    Args:
+        sample_rate: The rate of the utterances' PCM (``None``: the chunks').
+        mono: Average the channels into one.
+        pre_roll: Seconds kept before the first loud chunk.
+        post_roll: Seconds kept after the last loud chunk (at most what
+            arrived before the speech was declared over).
+        max_duration: The longest utterance in seconds; longer speech is split.
+        threshold_dbfs: Level separating speech from background.
+        start_frames: Loud chunks in a row that start speech.
+        hangover_frames: Quiet chunks in a row that stop it.
+        silence_timeout: Seconds without any chunk that stop it; defaults to
+            ``hangover_frames`` times 20 ms.
+        scheduler: Times the silence timeout; defaults to the subscription's scheduler.
+
+    Returns:
+        An operator from :class:`~rxvoice.events.PcmChunk` (and
+        :class:`~rxvoice.events.AudioGap`) to :class:`~rxvoice.events.Utterance`.
+        A user's chunks changing rate or channel count end it with ``UsageError``.
+
+    Raises:
+        UsageError: If an argument is out of range.
+    """
+    from rxvoice.operators._utterances import utterances_
+
+    return utterances_(
+        threshold_dbfs,
+        start_frames,
+        hangover_frames,
+        pre_roll,
+        post_roll,
+        max_duration,
+        sample_rate,
+        mono,
+        silence_timeout,
+        scheduler,
+    )
+
+
+def write_timeline(
+    folder: str | os.PathLike[str],
+    *,
+    start: float | None = None,
+    labels: Labels | None = None,
+) -> Callable[[Observable[PcmChunk]], Observable[Path]]:
+    """Write one WAV per user **on the call's timeline**, plus the mix, in ``folder``.
+
+    Each chunk is written at its call time (:attr:`~rxvoice.events.PcmChunk.time`):
+    sample ``k`` of every file was heard at ``start + k / rate``, with silence
+    where the user was quiet (or joined later). On completion every file is
+    padded to the longest, so all files have the recording's length and line
+    up with each other (and with the mix, when the :func:`mix` chunks go
+    through the same sink) in any editor. A chunk overlapping what is already
+    written (its time went back a little) loses its overlapping head.
+
+    File names say whose voice it is: ``{label}-{user_id}.wav`` with the
+    label given by ``labels`` (a display name; made safe for file systems),
+    ``{user_id}.wav`` without one, ``mix.wav`` for the chunks of :func:`mix`,
+    ``ssrc-{ssrc}.wav`` for an SSRC with no known user. A user's new SSRC
+    (a reconnect) goes on in the same file.
+
+    **Never replaces a file:** names are claimed with an exclusive create; if
+    ``name.wav`` exists (or appears), ``name-2.wav`` is used, then
+    ``name-3.wav``..., with a warning logged on ``rxvoice.operators``. The
+    paths emitted on completion tell where each stream went. Nothing is ever
+    deleted.
+
+    .. marble::
+        :alt: write_timeline
+
+        -p0-bp0-p1-|
+        [ write_timeline("rec") ]
+        -------(A,B,|)
+
+    Example:
+        >>> pcm = conn.on_audio_frame.pipe(vops.decode_opus(), ops.share())
+        >>> reactivex.merge(pcm, pcm.pipe(vops.mix())).pipe(
+        ...     vops.write_timeline("rec", start=loop.time(), labels={"1001": "Ada"})
+        ... ).subscribe(print)  # rec/Ada-1001.wav, rec/mix.wav, ... when the call ends
+
+    Args:
+        folder: Where the files go (created if needed).
+        start: The call time of sample 0 of every file; by default the time
+            of the first chunk the sink receives. Audio before it is dropped.
+        labels: Display names by user id: a mapping, or a function
+            returning a name or ``None``.
+
+    Returns:
+        An operator from :class:`~rxvoice.events.PcmChunk` to the
+        :class:`pathlib.Path` of every file written, on completion. I/O
+        errors, a user's chunks changing format, and exceptions of
+        ``labels`` go to ``on_error`` (the files are closed, readable).
+    """
+    from rxvoice.operators._timeline import write_timeline_
+
+    return write_timeline_(folder, start, labels)

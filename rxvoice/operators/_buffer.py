@@ -56,7 +56,12 @@ class _Rechunker:
                 continue
             taken.append(replace(part, pcm=part.pcm[:need]))
             later = ts_add(part.timestamp, need * RTP_RATE // part.sample_rate)
-            self.parts[0] = replace(part, timestamp=later, pcm=part.pcm[need:])
+            self.parts[0] = replace(
+                part,
+                timestamp=later,
+                pcm=part.pcm[need:],
+                time=part.time + need / part.sample_rate,
+            )
             need = 0
         self.samples -= count - need
         pcm = taken[0].pcm if len(taken) == 1 else np.concatenate([t.pcm for t in taken])

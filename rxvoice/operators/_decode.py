@@ -14,7 +14,45 @@ from rxvoice.audio.opus import OpusDecoder, packet_has_fec
 from rxvoice.errors import MalformedPacket
 from rxvoice.events import AudioFrame, AudioGap, DiagnosticKind, PcmChunk
 from rxvoice.operators._common import RTP_RATE, DiagnosticCallback, IdleStreams, Reporter
-from rxvoice.protocol.seq import seq_add, seq_diff, ts_add
+from rxvoice.protocol.seq import seq_add, seq_diff, ts_add, ts_diff
+
+NEW_SPURT_LATENESS = 0.1
+"""Seconds a packet may arrive later than its RTP timestamp predicts before it
+counts as the start of a new talk spurt, and the call time is re-anchored on its
+arrival. Senders do not advance the timestamp while quiet, so a pause shows as
+lateness; network jitter below this does not move the clock."""
+
+
+class CallClock:
+    """The call time of one SSRC's audio, from arrival and RTP timestamps.
+
+    Anchored on the arrival of the first packet of each talk spurt; within a
+    spurt, a timestamp ``ts`` was heard ``ts_diff(ts, anchor_ts) / 48000``
+    seconds after the anchor, so times are smooth whatever the jitter. A packet
+    arriving more than :data:`NEW_SPURT_LATENESS` later than that (the sender
+    paused: its timestamp stopped while the wall clock did not) re-anchors.
+    """
+
+    __slots__ = ("_at", "_ts")
+
+    def __init__(self) -> None:
+        self._at: float | None = None
+        self._ts = 0
+
+    def anchor(self, received_at: float, timestamp: int) -> None:
+        """Start a new talk spurt (or a new stream) at this packet."""
+        self._at, self._ts = received_at, timestamp
+
+    def follow(self, received_at: float, timestamp: int) -> None:
+        """Take the next packet in order: re-anchor if it starts a new spurt."""
+        if self._at is None or received_at - self.time_of(timestamp) > NEW_SPURT_LATENESS:
+            self.anchor(received_at, timestamp)
+
+    def time_of(self, timestamp: int) -> float:
+        """The call time of the sample at ``timestamp`` (0.0 before any packet)."""
+        if self._at is None:
+            return 0.0
+        return self._at + ts_diff(timestamp, self._ts) / RTP_RATE
 
 
 class SsrcDecoder:
@@ -30,7 +68,7 @@ class SsrcDecoder:
         report: Where survivable problems go.
     """
 
-    __slots__ = ("_decoder", "_fec", "_max_conceal", "_max_gap", "_next", "_report")
+    __slots__ = ("_clock", "_decoder", "_fec", "_max_conceal", "_max_gap", "_next", "_report")
 
     def __init__(
         self,
@@ -47,6 +85,7 @@ class SsrcDecoder:
         self._max_gap = max_gap
         self._report = report
         self._next: int | None = None  # the sequence number expected next
+        self._clock = CallClock()
 
     def feed(self, frame: AudioFrame) -> list[PcmChunk]:
         """Decode ``frame``, first filling any frames missing before it.
@@ -65,12 +104,16 @@ class SsrcDecoder:
                 # jump beyond max_gap tells): fresh state.
                 self._decoder.reset()
                 self._report(DiagnosticKind.DECODER_RESET, f"sequence jumped to {seq}", frame.ssrc)
+                self._clock.anchor(frame.received_at, frame.timestamp)
             elif d < 0:
                 late = f"sequence {seq} after {self._next - 1}"
                 self._report(DiagnosticKind.LATE_PACKET, late, frame.ssrc)
                 return []
             else:
                 missing = d
+        # Before filling a loss: concealed chunks take the time of the audio
+        # they replace, counted back from this packet's.
+        self._clock.follow(frame.received_at, frame.timestamp)
         self._next = seq_add(seq, 1)
         out: list[PcmChunk] = []
         if missing:
@@ -122,6 +165,7 @@ class SsrcDecoder:
             self._decoder.sample_rate,
             concealed,
             recovered,
+            self._clock.time_of(timestamp),
         )
 
 
@@ -257,4 +301,4 @@ def decode_opus_(
     return operator
 
 
-__all__ = ["SsrcDecoder", "decode_opus_"]
+__all__ = ["NEW_SPURT_LATENESS", "CallClock", "SsrcDecoder", "decode_opus_"]

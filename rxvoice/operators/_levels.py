@@ -19,6 +19,7 @@ def levels_(floor: float) -> Callable[[Observable[PcmChunk]], Observable[AudioLe
             chunk.timestamp,
             rms(chunk.pcm),
             dbfs(chunk.pcm, floor=floor),
+            chunk.time,
         )
 
     return ops.map(level)

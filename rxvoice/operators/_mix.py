@@ -73,10 +73,20 @@ def mix_(
                     if stopped:
                         return
                     tick = mixer.tick
+                    assert start is not None
                     pcm = mixer.mix()
                     if tick % PRUNE_EVERY == 0:
                         mixer.prune(max_ahead)
-                    observer.on_next(PcmChunk(None, None, tick * step % _TS_MOD, pcm, sample_rate))
+                    observer.on_next(
+                        PcmChunk(
+                            None,
+                            None,
+                            tick * step % _TS_MOD,
+                            pcm,
+                            sample_rate,
+                            time=start + tick * interval,
+                        )
+                    )
                     if source_done and not any(mixer.queued(s) for s in mixer.sources):
                         finish()
                         return

@@ -63,7 +63,13 @@ class _StreamResampler:
             return None
         self._emitted += out.shape[0]
         timestamp = ts_add(chunk.timestamp, round(offset * RTP_RATE / self.from_rate))
-        return replace(chunk, timestamp=timestamp, pcm=out, sample_rate=self._resampler.to_rate)
+        return replace(
+            chunk,
+            timestamp=timestamp,
+            pcm=out,
+            sample_rate=self._resampler.to_rate,
+            time=chunk.time + offset / self.from_rate,
+        )
 
 
 class _Converter:

@@ -65,7 +65,12 @@ class _Trimmer:
 
 def _slice(chunk: PcmChunk, start: int, stop: int) -> PcmChunk:
     later = ts_add(chunk.timestamp, start * RTP_RATE // chunk.sample_rate)
-    return replace(chunk, timestamp=later, pcm=chunk.pcm[start:stop])
+    return replace(
+        chunk,
+        timestamp=later,
+        pcm=chunk.pcm[start:stop],
+        time=chunk.time + start / chunk.sample_rate,
+    )
 
 
 def trim_silence_(

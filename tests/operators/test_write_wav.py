@@ -98,6 +98,7 @@ def test_a_failure_to_finish_a_file_is_an_error_not_a_completion(
     import wave
 
     def full_disk(self: wave.Wave_write) -> None:
+        self._file = None  # type: ignore[attr-defined]  # as the real close() does, finally
         raise OSError(28, "No space left on device")
 
     with voice_marbles(payload="silence") as m:

@@ -15,7 +15,8 @@
   per call (:mod:`rxvoice.testing.sandbox.dave`);
 - a **UDP relay** (an SFU) that answers IP discovery and re-encrypts media for
   each recipient, mixing in ``0xBEDE`` header extensions and RTCP;
-- **simulated speakers** that join like real DAVE clients and send real Opus;
+- **simulated speakers** that join like real DAVE clients and send real Opus:
+  a steady tone each (the default), or speech-like voices taking turns;
 - **fault knobs**: loss, reordering, duplication, jitter, corruption,
   truncation, garbage datagrams, dropped heartbeat ACKs, an invalid commit,
   join/leave churn.
@@ -58,7 +59,13 @@ from rxvoice.testing.sandbox.faults import FaultInjector, Faults
 from rxvoice.testing.sandbox.gateway import MainGateway, check_gateway_request
 from rxvoice.testing.sandbox.relay import Relay
 from rxvoice.testing.sandbox.rest import API_PREFIX, RestApi
-from rxvoice.testing.sandbox.speakers import SentFrame, Speaker
+from rxvoice.testing.sandbox.speakers import (
+    Conversation,
+    SentFrame,
+    Speaker,
+    SpeechVoice,
+    speech_pitch,
+)
 from rxvoice.testing.sandbox.tls import SandboxTls
 from rxvoice.testing.sandbox.voice import (
     ParticipantInfo,
@@ -67,7 +74,16 @@ from rxvoice.testing.sandbox.voice import (
     new_snowflake,
 )
 
-__all__ = ["Faults", "ParticipantInfo", "Sandbox", "SentFrame", "Speaker", "VoiceCredentials"]
+__all__ = [
+    "Faults",
+    "ParticipantInfo",
+    "Sandbox",
+    "SentFrame",
+    "Speaker",
+    "SpeechVoice",
+    "VoiceCredentials",
+    "speech_pitch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +122,13 @@ class Sandbox:
     """A local Discord for voice clients; use it as an async context manager.
 
     Args:
-        speakers: Simulated speakers that join at start; all talk at once (1 s on, 0.5 s off).
+        speakers: Simulated speakers that join at start and talk (see ``voices``).
+        voices: ``"tone"`` (the default): each speaker sings a steady sine,
+            speaker ``i`` at 300 + 150·i Hz, talking 1 s then pausing, all
+            at once. ``"speech"``: speech-like voices (vowels with a pitch
+            contour, speaker ``i`` around :func:`speech_pitch` ``(i)``) taking
+            turns like people, sometimes overlapping; a speaker added later
+            speaks next.
         dave: Offer DAVE (E2EE). Off: every op 4 says version 0.
         require_dave: Close clients without DAVE with 4017, as Discord does
             since 2026-03-01. Otherwise a non-DAVE client downgrades the call.
@@ -138,6 +160,7 @@ class Sandbox:
         self,
         *,
         speakers: int = 0,
+        voices: str = "tone",
         dave: bool = True,
         require_dave: bool = False,
         host: str = "127.0.0.1",
@@ -156,6 +179,8 @@ class Sandbox:
         channel_id: str | None = None,
         channels: int = 1,
     ) -> None:
+        if voices not in ("tone", "speech"):
+            raise UsageError(f"voices must be 'tone' or 'speech', got {voices!r}")
         if require_dave and not dave:
             raise UsageError("require_dave needs dave=True")
         if channels < 1:
@@ -164,6 +189,10 @@ class Sandbox:
             # Ready.ip must be IPv4 (clients open udp4 sockets, protocol.md §11).
             raise UsageError(f"host must be an IPv4 address, got {host!r}")
         self._initial_speakers = speakers
+        self.voices = voices
+        self._conversation: Conversation | None = None
+        self._conversation_task: asyncio.Task[None] | None = None
+        self._started = False
         self.dave_enabled = dave
         self.require_dave = require_dave
         self.host = host
@@ -311,6 +340,8 @@ class Sandbox:
         logger.info("sandbox up: gateway %s, voice %s", self.gateway_url, self.voice_endpoint)
         for _ in range(self._initial_speakers):
             await self.add_speaker()
+        self._started = True  # speakers added from now on are newcomers
+        self._start_conversation()
 
     async def _serve_gateway(self, ws: Any) -> None:
         assert self._gateway is not None
@@ -326,6 +357,11 @@ class Sandbox:
 
     async def stop(self) -> None:
         """Stop everything and delete the temporary certificate files. Idempotent."""
+        if self._conversation_task is not None:
+            self._conversation_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._conversation_task
+            self._conversation_task = None
         for user_id in list(self._speakers):
             await self._drop_speaker(user_id, leave=False)
         for retired in self._retired:
@@ -440,6 +476,7 @@ class Sandbox:
         frequency: float | None = None,
         *,
         talk: bool = True,
+        speech: bool | None = None,
         dave: bool | None = None,
         channel_id: str | None = None,
         user_id: str | None = None,
@@ -449,8 +486,12 @@ class Sandbox:
 
         Args:
             frequency: Its tone in Hz; distinct per speaker by default (300, 450, ...).
-            talk: Run the default script (talk 1 s, pause, repeat). ``False``
-                leaves it to the caller: ``await speaker.talk(n)``, ``pause()``, ``leave()``.
+                With a speech voice, its pitch (:func:`speech_pitch` of its index by default).
+            talk: Run the default script: talk 1 s, pause, repeat; with a
+                speech voice, take turns in the sandbox's conversation. ``False``
+                leaves it to the caller: ``await speaker.talk(n)`` or
+                ``say(seconds)``, ``pause()``, ``leave()``.
+            speech: Give it a speech voice; follows ``voices`` by default.
             dave: Whether it offers DAVE; follows the sandbox by default.
             channel_id: The call; the sandbox's channel by default.
             user_id: Reuse a user id: a speaker already using it is replaced by a
@@ -465,13 +506,20 @@ class Sandbox:
             if task is not None:
                 task.cancel()
             self._retired.append(previous)  # the server closes its session (4006)
+        if speech if speech is not None else self.voices == "speech":
+            pitch = frequency if frequency is not None else speech_pitch(index)
+            voice: SpeechVoice | None = SpeechVoice(pitch, seed=index)
+        else:
+            pitch = frequency if frequency is not None else 300.0 + 150.0 * index
+            voice = None
         speaker = Speaker(
             self._server,
             user_id=user_id or new_snowflake(),
             channel_id=channel_id or self.channel_id,
-            frequency=frequency if frequency is not None else 300.0 + 150.0 * index,
+            frequency=pitch,
             dave=self.dave_enabled if dave is None else dave,
             on_change=self._changed,
+            voice=voice,
         )
         self._speakers[speaker.user_id] = speaker
         try:
@@ -479,11 +527,26 @@ class Sandbox:
         except BaseException:
             await self._drop_speaker(speaker.user_id)
             raise
-        if talk:
+        if talk and voice is not None:
+            self._converse(speaker)
+        elif talk:
             self._speaker_tasks[speaker.user_id] = asyncio.get_running_loop().create_task(
                 speaker.run(), name=f"speaker-{speaker.user_id}-script"
             )
         return speaker
+
+    def _converse(self, speaker: Speaker) -> None:
+        if self._conversation is None:
+            self._conversation = Conversation(seed=len(self._speakers))
+        self._conversation.add(speaker, soon=self._started)
+        self._start_conversation()
+
+    def _start_conversation(self) -> None:
+        # Once the initial speakers are all in: the first turns go round in join order.
+        if self._conversation is not None and self._started and self._conversation_task is None:
+            self._conversation_task = asyncio.get_running_loop().create_task(
+                self._conversation.run(), name="sandbox-conversation"
+            )
 
     @property
     def speakers(self) -> list[Speaker]:

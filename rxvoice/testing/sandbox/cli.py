@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="main-gateway port; voice uses PORT+1 (TCP and UDP); 0 picks free ports",
     )
     parser.add_argument("--speakers", type=int, default=0, help="simulated speakers (default 0)")
+    parser.add_argument(
+        "--voices",
+        choices=("tone", "speech"),
+        default="tone",
+        help="speakers sing a steady tone each (default), or talk in turns like people",
+    )
     dave = parser.add_mutually_exclusive_group()
     dave.add_argument("--no-dave", action="store_true", help="offer no DAVE (transport only)")
     dave.add_argument(
@@ -65,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume_window < 0:
         print("--resume-window must not be negative", file=sys.stderr)
         return 2
+    if args.speakers:
+        from rxvoice.audio.opus import require_opus
+
+        require_opus()  # speakers encode Opus: fail now, in one line, not in their tasks
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         stream=sys.stderr,
@@ -84,6 +94,7 @@ async def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         speakers=args.speakers,
+        voices=args.voices,
         dave=not args.no_dave,
         require_dave=args.require_dave,
         faults=Faults(loss=args.loss / 100.0, seed=args.seed),

@@ -8,10 +8,13 @@ voice gateway through the same handlers a WebSocket client uses (an in-memory
 discord.js does. Its media goes through a real UDP socket to the relay, so the
 relay treats it like anyone's.
 
-It sends real Opus (encoded with :class:`rxvoice.audio.opus.OpusEncoder`) of
-a sine tone at its own frequency, at 20 ms pacing on the event loop clock,
-DAVE-encrypted once its group is ready (plain before, as real clients do) and
-transport-encrypted.
+It sends real Opus (encoded with :class:`rxvoice.audio.opus.OpusEncoder`) at
+20 ms pacing on the event loop clock, DAVE-encrypted once its group is ready
+(plain before, as real clients do) and transport-encrypted. Its voice is
+either a steady sine tone at its own frequency (the default: tests recognise
+speakers by it), or, with a :class:`SpeechVoice`, speech-like sound: synthesised
+vowels in syllables, with a pitch contour around the speaker's own pitch and
+pauses, taking turns with the other speakers of a :class:`Conversation`.
 
 Its DAVE logic follows discord.js's ``DAVESession`` on purpose rather than
 reusing rxvoice's :class:`~rxvoice.protocol.dave.DaveManager`: a speaker is a
@@ -27,7 +30,9 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
+import math
+import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import davey
@@ -43,7 +48,7 @@ from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.testing.sandbox.links import Close, MemoryLink
 from rxvoice.testing.sandbox.voice import VoiceConnection, VoiceServer
 
-__all__ = ["SentFrame", "Speaker", "tone"]
+__all__ = ["Conversation", "SentFrame", "Speaker", "SpeechVoice", "speech_pitch", "tone"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,101 @@ def tone(frequency: float, index: int) -> np.ndarray:
 
 
 SENT_HISTORY = 30_000  # frames a speaker remembers in Speaker.sent
+
+# Formants (Hz) of five vowels, for a voice of pitch about 120 Hz.
+_VOWELS = (
+    (730, 1090, 2440),
+    (530, 1840, 2480),
+    (270, 2290, 3010),
+    (570, 840, 2410),
+    (300, 870, 2240),
+)
+_FORMANT_GAINS = (1.0, 0.5, 0.25)
+_BANDWIDTH = 90.0  # Hz, of each formant
+_SPEECH_PEAK = 0.3 * 32767
+_PITCH_RATIO = 1.26  # between neighbouring speakers: a third apart, never confused
+_SPEECH_VOICES = 8
+
+
+def speech_pitch(index: int) -> float:
+    """The pitch (Hz) of the ``index``-th speech speaker: 100 Hz x 1.26^i, eight distinct voices."""
+    return round(100.0 * _PITCH_RATIO ** (index % _SPEECH_VOICES), 1)
+
+
+class SpeechVoice:
+    """Speech-like sound around one pitch: vowels in syllables, with a pitch contour and pauses.
+
+    Each phrase is a run of syllables (a vowel of 120-280 ms with a soft
+    attack and release, then a 30-90 ms pause). The pitch rises and falls
+    around the voice's :attr:`pitch` (by 5 %, about once a second, as
+    intonation does) with a small accent per syllable, so the median pitch of
+    any half second is close to it: a speaker stays recognisable by it (see
+    :func:`rxvoice.audio.dsp.fundamental_frequency`).
+    The sound is a sum of harmonics of the pitch shaped by the vowel's
+    formants (scaled up for higher voices, as shorter vocal tracts are).
+
+    Args:
+        pitch: The voice's median pitch in Hz.
+        seed: Seed of the syllables and vowels chosen.
+    """
+
+    def __init__(self, pitch: float, seed: int = 0) -> None:
+        self.pitch = pitch
+        self._rng = random.Random(seed)  # noqa: S311 - a script, not crypto
+        self._phase = 0.0
+        self._tract = (pitch / 120.0) ** 0.25  # formant scale
+        self._tune = self._rng.uniform(0, 2 * math.pi)  # where the intonation starts
+
+    def phrase(self, seconds: float) -> Iterator[np.ndarray]:
+        """Yield the 20 ms stereo int16 frames of a phrase of about ``seconds``."""
+        rng = self._rng
+        total = max(1, round(seconds / FRAME_SECONDS)) * SAMPLES_PER_FRAME
+        plan: list[tuple[int, int, int]] = []  # (start sample, length, vowel) of each syllable
+        at = 0
+        while at < total:
+            length = round(rng.uniform(0.12, 0.28) * SAMPLE_RATE)
+            plan.append((at, min(length, total - at), rng.randrange(len(_VOWELS))))
+            at += length + round(rng.uniform(0.03, 0.09) * SAMPLE_RATE)
+        accents = [rng.uniform(-0.02, 0.02) for _ in plan]
+        for first in range(0, total, SAMPLES_PER_FRAME):
+            yield self._frame(first, total, plan, accents)
+
+    def _frame(
+        self, first: int, total: int, plan: list[tuple[int, int, int]], accents: list[float]
+    ) -> np.ndarray:
+        n = np.arange(first, first + SAMPLES_PER_FRAME)
+        out = np.zeros(SAMPLES_PER_FRAME)
+        # Intonation: up and down by 5 % around the pitch, about once a second.
+        glide = 1.0 + 0.05 * np.sin(2 * np.pi * n / (0.9 * SAMPLE_RATE) + self._tune)
+        accent = np.zeros(SAMPLES_PER_FRAME)
+        envelope = np.zeros(SAMPLES_PER_FRAME)
+        vowel = 0
+        for (start, length, v), bump in zip(plan, accents, strict=True):
+            inside = (n >= start) & (n < start + length)
+            if not inside.any():
+                continue
+            vowel = v
+            position = (n[inside] - start) / max(length, 1)
+            accent[inside] = bump * np.sin(np.pi * position)
+            edge = min(0.02 * SAMPLE_RATE, length / 2)
+            rise = np.minimum(1.0, (n[inside] - start) / edge)
+            fall = np.minimum(1.0, (start + length - n[inside]) / edge)
+            envelope[inside] = np.sin(0.5 * np.pi * np.minimum(rise, fall)) ** 2
+        frequency = self.pitch * (glide + accent)
+        phase = self._phase + 2 * np.pi * np.cumsum(frequency) / SAMPLE_RATE
+        self._phase = float(phase[-1] % (2 * np.pi))
+        if envelope.any():
+            formants = [f * self._tract for f in _VOWELS[vowel]]
+            mean = float(frequency.mean())
+            for k in range(1, int(4000 / mean) + 1):
+                gain = sum(
+                    g * math.exp(-0.5 * ((k * mean - f) / _BANDWIDTH) ** 2)
+                    for f, g in zip(formants, _FORMANT_GAINS, strict=True)
+                )
+                out += (gain + 0.3 / k) * np.sin(k * phase)
+            out *= envelope * _SPEECH_PEAK / 2.5
+        mono = np.clip(out, -32768, 32767).astype(np.int16)
+        return np.repeat(mono[:, None], CHANNELS, axis=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +196,8 @@ class Speaker:
 
     Attributes:
         user_id: The speaker's user id.
-        frequency: Its tone, in Hz.
+        frequency: Its tone, in Hz; with a speech voice, the voice's pitch.
+        voice: Its speech voice, or ``None`` for the tone.
         sent: Every packet sent, in order.
     """
 
@@ -109,11 +210,14 @@ class Speaker:
         frequency: float,
         dave: bool,
         on_change: Callable[[], None],
+        voice: SpeechVoice | None = None,
     ) -> None:
         self._server = server
         self.user_id = user_id
         self.channel_id = channel_id
         self.frequency = frequency
+        self.voice = voice
+        self.saying = False  # a phrase is being sent (see say())
         self._max_dave = davey.DAVE_PROTOCOL_VERSION if dave else 0
         self._on_change = on_change
         # What it sent, for tests to compare; bounded so a long-running CLI
@@ -143,7 +247,8 @@ class Speaker:
         self._recognised: set[int] = set()
 
     def __repr__(self) -> str:
-        return f"Speaker(user_id={self.user_id!r}, frequency={self.frequency})"
+        kind = "speech" if self.voice is not None else "tone"
+        return f"Speaker(user_id={self.user_id!r}, frequency={self.frequency}, {kind})"
 
     # -- state ------------------------------------------------------------------------------
 
@@ -384,6 +489,28 @@ class Speaker:
 
         await self._paced(frames, next_frame)
 
+    async def say(self, seconds: float) -> None:
+        """Say a phrase of about ``seconds`` (speech voice) or talk that long (tone), then pause."""
+        if self._rtp is None or self.closed or self.saying:
+            return
+        self.saying = True
+        try:
+            if self.voice is None:
+                await self.talk(max(1, round(seconds / FRAME_SECONDS)))
+            else:
+                if self._encoder is None:
+                    # As Discord clients: in-band FEC, so a single loss can be recovered.
+                    self._encoder = OpusEncoder(
+                        application="voip", fec=True, packet_loss_percent=10
+                    )
+                encoder, frames = self._encoder, self.voice.phrase(seconds)
+                self._set_speaking(True)
+                count = max(1, round(seconds / FRAME_SECONDS))
+                await self._paced(count, lambda: encoder.encode(next(frames)))
+            await self.pause()
+        finally:
+            self.saying = False
+
     async def pause(self) -> None:
         """Stop talking as clients do: five silence frames, then op 5 ``speaking: 0``."""
         if self._rtp is None or self.closed or not self._speaking:
@@ -422,3 +549,63 @@ class Speaker:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+
+class Conversation:
+    """Speech speakers taking turns like people: one at a time, sometimes overlapping.
+
+    A turn lasts 0.8-2.2 s; the next one starts 0.5 s after it ends, or up to
+    0.35 s before (people talk over each other). Speakers take turns in
+    order; a speaker who joins later speaks next. It runs while
+    :meth:`run` does (the sandbox runs it as a task).
+
+    Args:
+        seed: Seed of the turn lengths and gaps.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)  # noqa: S311 - a script, not crypto
+        self._order: collections.deque[Speaker] = collections.deque()
+        self._joined = asyncio.Event()
+        self._turns: set[asyncio.Task[None]] = set()
+
+    def add(self, speaker: Speaker, *, soon: bool = True) -> None:
+        """Let ``speaker`` take part: it speaks next (``soon``), or after the others."""
+        if soon:
+            self._order.appendleft(speaker)
+        else:
+            self._order.append(speaker)
+        self._joined.set()
+
+    def _next(self) -> Speaker | None:
+        for _ in range(len(self._order)):
+            speaker = self._order.popleft()
+            if speaker.closed:
+                continue  # left the call: out of the conversation
+            self._order.append(speaker)
+            if not speaker.saying:
+                return speaker
+        return None
+
+    async def run(self) -> None:
+        """Hand out turns until cancelled."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                speaker = self._next()
+                if speaker is None and not self._order:
+                    self._joined.clear()
+                    await self._joined.wait()  # nobody left to talk: wait for a joiner
+                    continue
+                length = self._rng.uniform(0.8, 2.2)
+                if speaker is not None:
+                    turn = loop.create_task(speaker.say(length), name=f"turn-{speaker.user_id}")
+                    self._turns.add(turn)
+                    turn.add_done_callback(self._turns.discard)
+                alone = sum(not s.closed for s in self._order) < 2
+                gap = self._rng.uniform(0.1 if alone else -0.35, 0.5)
+                # A gap in the script (pacing), not a wait for an event.
+                await asyncio.sleep(length + gap)
+        finally:
+            for turn in list(self._turns):
+                turn.cancel()
