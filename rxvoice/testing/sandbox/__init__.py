@@ -37,6 +37,7 @@ import collections
 import contextlib
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -99,7 +100,11 @@ class Sandbox:
     """A local Discord for voice clients; use it as an async context manager.
 
     Args:
-        speakers: Simulated speakers that join at start and talk in turns.
+        speakers: Simulated speakers that join at start and talk in turns. With
+            DAVE their proposals are held until all have joined, so they form
+            the group in one commit (99 speakers in seconds, not minutes).
+        continuous_speech: Speakers added with ``talk=True`` talk without pauses
+            (50 packets a second each, no speaking changes) instead of in turns.
         dave: Offer DAVE (E2EE). Off: every op 4 says version 0.
         require_dave: Close clients without DAVE with 4017, as Discord does
             since 2026-03-01. Otherwise a non-DAVE client downgrades the call.
@@ -128,6 +133,7 @@ class Sandbox:
         self,
         *,
         speakers: int = 0,
+        continuous_speech: bool = False,
         dave: bool = True,
         require_dave: bool = False,
         host: str = "127.0.0.1",
@@ -151,6 +157,7 @@ class Sandbox:
             # Ready.ip must be IPv4 (clients open udp4 sockets, protocol.md §11).
             raise UsageError(f"host must be an IPv4 address, got {host!r}")
         self._initial_speakers = speakers
+        self.continuous_speech = continuous_speech
         self.dave_enabled = dave
         self.require_dave = require_dave
         self.host = host
@@ -176,6 +183,7 @@ class Sandbox:
         self._tls: SandboxTls | None = None
         self._servers: list[Server] = []
         self._udp: asyncio.DatagramTransport | None = None
+        self._relay: Relay | None = None
         self._tick: asyncio.Task[None] | None = None
         self._voice: VoiceServer | None = None
         self._gateway: MainGateway | None = None
@@ -235,7 +243,7 @@ class Sandbox:
             on_change=self._changed,
             on_voice_state=self._voice_state,
         )
-        self._udp, _ = await loop.create_datagram_endpoint(
+        self._udp, self._relay = await loop.create_datagram_endpoint(
             lambda: Relay(
                 voice,
                 self._injector,
@@ -247,6 +255,13 @@ class Sandbox:
             local_addr=(self.host, voice_port),
         )
         voice.media_port = self._udp.get_extra_info("sockname")[1]
+        # asyncio reads one datagram per loop iteration: with dozens of speakers a
+        # busy moment would overflow the default buffer and lose, say, an IP
+        # discovery request (and with it a join).
+        with contextlib.suppress(OSError):
+            self._udp.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20
+            )
         common: dict[str, Any] = {
             "ssl": server_ssl,
             "compression": None,
@@ -284,8 +299,14 @@ class Sandbox:
         self._bot_token, self.bot_user_id = bot.token, bot.user_id
         self._tick = loop.create_task(self._run_ticks(), name="sandbox-dave-tick")
         logger.info("sandbox up: gateway %s, voice %s", self.gateway_url, self.voice_endpoint)
-        for _ in range(self._initial_speakers):
-            await self.add_speaker()
+        # Held proposals: the initial speakers form the DAVE group in one commit
+        # rather than in one epoch per joiner, committed by every member.
+        voice.hold_dave(self.channel_id)
+        try:
+            for _ in range(self._initial_speakers):
+                await self.add_speaker()
+        finally:
+            voice.release_dave(self.channel_id)
 
     async def _serve_gateway(self, ws: Any) -> None:
         assert self._gateway is not None
@@ -411,7 +432,8 @@ class Sandbox:
 
         Args:
             frequency: Its tone in Hz; distinct per speaker by default (300, 450, ...).
-            talk: Run the default script (talk 1 s, pause, repeat). ``False``
+            talk: Run the default script (talk 1 s, pause, repeat; or talk without
+                pauses with ``continuous_speech``). ``False``
                 leaves it to the caller: ``await speaker.talk(n)``, ``pause()``, ``leave()``.
             dave: Whether it offers DAVE; follows the sandbox by default.
             channel_id: The call; the sandbox's channel by default.
@@ -442,8 +464,9 @@ class Sandbox:
             await self._drop_speaker(speaker.user_id)
             raise
         if talk:
+            script = speaker.run(pause_seconds=None if self.continuous_speech else 0.5)
             self._speaker_tasks[speaker.user_id] = asyncio.get_running_loop().create_task(
-                speaker.run(), name=f"speaker-{speaker.user_id}-script"
+                script, name=f"speaker-{speaker.user_id}-script"
             )
         return speaker
 
@@ -546,6 +569,17 @@ class Sandbox:
             Whether the bot is on the main gateway and in voice.
         """
         return self._main.server_update(user_id)
+
+    def tap_relay(self, callback: Callable[[str, int, int], None] | None) -> None:
+        """Call ``callback(user_id, ssrc, sequence)`` after each RTP packet relayed to a client.
+
+        For timing delivery: the relay sends at once (unless a fault knob delays
+        the packet), so ``time.monotonic()`` in the callback is the send time.
+        Simulated speakers receive no media. ``None`` removes the callback.
+        """
+        if self._relay is None:
+            raise UsageError("the sandbox is not started")
+        self._relay.on_relayed = callback
 
     def inject_invalid_commit(self, user_id: str) -> bool:
         """Fault knob: corrupt the next DAVE commit or welcome sent to ``user_id``.
