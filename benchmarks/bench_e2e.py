@@ -1,0 +1,507 @@
+"""End-to-end receive benchmark: a sandbox call with N speakers, each client its own process.
+
+Run: ``python benchmarks/bench_e2e.py [--quick] [--speakers 1,10,50,99] [--repeat 3]
+[--window 4] [--plot PATH] [--no-node]``.
+
+This process hosts the sandbox (``Sandbox(speakers=N, continuous_speech=True)``: DAVE
+on, 50 packets/s per speaker). The clients (``e2e_client.py``: rxvoice frames,
+rxvoice decode+mix, a naive Python receiver; ``e2e_djs.cjs``: discord.js voice 0.19,
+frames and decode+mix, where Node.js is installed) all join the call, then take
+turns: the others are stopped (SIGSTOP) while one runs a warm-up and a
+measurement window, so every client sees the same machine in the same minutes and
+the ratios hold on a noisy machine. A client's cost is its whole-process CPU time
+(``getrusage``) over the window divided by the packets its application received;
+the table gives the median over the repeats.
+
+Latency: the sandbox's relay stamps each packet it sends to the client
+(``Sandbox.tap_relay``, monotonic clock), the client stamps each frame it emits
+(same clock, another process) only inside a separate latency window, and the two
+are matched by (SSRC, sequence). Send cost: ``send_opus`` in bursts and paced
+``play_opus`` (discord.js: ``prepareAudioPacket``/``dispatchAudio`` and an
+``AudioPlayer``) in a call with one silent DAVE speaker.
+
+The discord.js client is installed from the npm registry into
+``~/.cache/rxvoice-bench/node`` (never into the repository). Not a test: nothing
+here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rxvoice.testing.sandbox import Sandbox
+from rxvoice.testing.sandbox.cli import describe
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+NODE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rxvoice-bench"
+NODE_PACKAGES = {"@discordjs/voice": "0.19.2", "@discordjs/opus": "0.10.0"}
+
+# Client kinds in table order, with their column titles.
+COLUMNS = {
+    "rx-frames": "rxvoice frames",
+    "djs-frames": "discord.js frames",
+    "rx-mix": "rxvoice decode+mix",
+    "djs-mix": "discord.js decode+mix",
+    "naive-mix": "naive Python decode+mix",
+}
+LATENCY_KINDS = ("rx-frames", "djs-frames")
+SEND_KINDS = {"rx-send": "rxvoice", "djs-send": "discord.js"}
+PACKETS_PER_SPEAKER = 50  # per second
+
+
+@dataclass
+class Settings:
+    speakers: list[int]
+    repeat: int
+    warmup: float
+    window: float
+    latency_window: float
+    node_modules: Path | None
+    send_burst: int = 1000
+    send_paced: int = 150
+
+
+@dataclass
+class ClientResult:
+    us_per_packet: list[float] = field(default_factory=list)
+    delivered: list[float] = field(default_factory=list)  # share of the packets sent
+    latency_ms: list[float] = field(default_factory=list)
+
+
+class Client:
+    """A client process, driven by one JSON line per command."""
+
+    def __init__(self, kind: str, user_id: str, process: asyncio.subprocess.Process, log: Path):
+        self.kind, self.user_id, self.process, self.log = kind, user_id, process, log
+        self.reported = False
+
+    @classmethod
+    async def spawn(
+        cls, kind: str, user_id: str, info: dict[str, Any], settings: Settings
+    ) -> Client:
+        env = dict(os.environ)
+        if kind.startswith("djs-"):
+            assert settings.node_modules is not None
+            argv = [_node(), str(HERE / "e2e_djs.cjs"), kind.removeprefix("djs-"), user_id]
+            env["RXVOICE_BENCH_NODE_MODULES"] = str(settings.node_modules)
+            env["NODE_EXTRA_CA_CERTS"] = info["ca_file"]
+        else:
+            argv = [sys.executable, str(HERE / "e2e_client.py"), kind, user_id]
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        fd, name = tempfile.mkstemp(prefix=f"rxvoice-bench-{kind}-", suffix=".log")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=fd,  # read back on failure
+                env=env,
+                limit=1 << 26,  # latency samples come as one long line
+            )
+        finally:
+            os.close(fd)
+        log = Path(name)
+        client = cls(kind, user_id, process, log)
+        client.write(info)
+        await client.read(timeout=120)  # {"ready": ...}: joined and heard every speaker
+        return client
+
+    def write(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps(message) + "\n").encode())
+
+    async def read(self, timeout: float = 60) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"{self.kind} exited: {self.tail()}")
+        return dict(json.loads(line))
+
+    async def ask(self, cmd: str, **args: Any) -> dict[str, Any]:
+        self.write({"cmd": cmd, **args})
+        return await self.read()
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:]
+
+    async def close(self) -> None:
+        if self.process.returncode is None:
+            self.resume()
+            with contextlib.suppress(Exception):
+                self.write({"cmd": "quit"})
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        self.log.unlink(missing_ok=True)
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    assert node is not None
+    return node
+
+
+def ensure_node_client() -> Path | None:
+    """Install discord.js voice and its Opus library into the cache (once); None without Node."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        print("Node.js/npm not found: the discord.js columns are skipped.")
+        return None
+    prefix = NODE_CACHE / "node"
+    modules = prefix / "node_modules"
+
+    def installed(name: str) -> str | None:
+        with contextlib.suppress(OSError, ValueError):
+            return str(json.loads((modules / name / "package.json").read_text())["version"])
+        return None
+
+    if any(installed(name) != version for name, version in NODE_PACKAGES.items()):
+        prefix.mkdir(parents=True, exist_ok=True)
+        specs = [f"{name}@{version}" for name, version in NODE_PACKAGES.items()]
+        print(f"installing {' '.join(specs)} into {prefix} ...", flush=True)
+        done = subprocess.run(
+            ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", *specs],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode:
+            print(f"npm install failed: the discord.js columns are skipped.\n{done.stderr[-1000:]}")
+            return None
+    # @discordjs/opus is native: its package carries prebuilt binaries for common platforms.
+    loads = subprocess.run(
+        [_node(), "-e", "for (const m of process.argv.slice(1)) require(m)"]
+        + [str(modules / name) for name in NODE_PACKAGES],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if loads.returncode:
+        print(f"discord.js does not load: its columns are skipped.\n{loads.stderr[-1000:]}")
+        return None
+    return modules
+
+
+# -- the receive path --------------------------------------------------------------------
+
+
+async def settle(sb: Sandbox, users: list[str]) -> None:
+    """Wait until the clients are members and every DAVE transition has executed."""
+    service = sb.dave()
+    if service is None:
+        return
+    await sb.wait_for(
+        lambda: (
+            set(users) <= set(service.members)
+            and not service.pending_transitions
+            and all(s.epoch == service.epoch for s in sb.speakers)
+        ),
+        timeout=120,
+    )
+    await asyncio.sleep(0.5)  # the clients handle op 22 (a benchmark may wait)
+
+
+async def measure_latency(sb: Sandbox, client: Client, seconds: float) -> list[float]:
+    """Relay send to the client's emission, in ms, matched by (SSRC, sequence)."""
+    sent: dict[tuple[int, int], int] = {}
+
+    def stamp(user_id: str, ssrc: int, sequence: int) -> None:
+        if user_id == client.user_id:
+            sent[ssrc, sequence] = time.monotonic_ns()
+
+    sb.tap_relay(stamp)
+    try:
+        await client.ask("latency-on")
+        await asyncio.sleep(seconds)
+        samples = (await client.ask("latency-off"))["samples"]
+    finally:
+        sb.tap_relay(None)
+    return [
+        (emitted - sent[ssrc, seq]) / 1e6
+        for ssrc, seq, emitted in samples
+        if (ssrc, seq) in sent and emitted >= sent[ssrc, seq]
+    ]
+
+
+async def measure_receive(n: int, kinds: list[str], settings: Settings) -> dict[str, ClientResult]:
+    results = {kind: ClientResult() for kind in kinds}
+    started = time.monotonic()
+    async with Sandbox(speakers=n, continuous_speech=True) as sb:
+        await sb.wait_for(lambda: all(s.dave_ready for s in sb.speakers), timeout=300)
+        print(f"  {n} DAVE speakers ready in {time.monotonic() - started:.1f} s", flush=True)
+        info = describe(sb)
+        clients: list[Client] = []
+        try:
+            for i, kind in enumerate(kinds):
+                try:
+                    clients.append(
+                        await Client.spawn(kind, str(900_000_000_000_000_001 + i), info, settings)
+                    )
+                except (RuntimeError, TimeoutError) as exc:
+                    print(f"  {kind} did not join: {exc!r}", flush=True)
+            await settle(sb, [c.user_id for c in clients])
+            print(
+                f"  {len(clients)} clients joined at {time.monotonic() - started:.1f} s", flush=True
+            )
+            clients = alive(clients)
+            for client in clients:
+                client.pause()
+            for r in range(settings.repeat):
+                turn = clients[r % len(clients) :] + clients[: r % len(clients)]
+                for client in alive(turn):
+                    client.resume()
+                    await asyncio.sleep(settings.warmup)
+                    before = await client.ask("mark")
+                    await asyncio.sleep(settings.window)
+                    after = await client.ask("mark")
+                    packets = after["frames"] - before["frames"]
+                    result = results[client.kind]
+                    result.us_per_packet.append(
+                        (after["cpu"] - before["cpu"]) / max(packets, 1) * 1e6
+                    )
+                    result.delivered.append(packets / (settings.window * n * PACKETS_PER_SPEAKER))
+                    if client.kind in LATENCY_KINDS:
+                        result.latency_ms += await measure_latency(
+                            sb, client, settings.latency_window
+                        )
+                    client.pause()
+        finally:
+            for client in clients:
+                await client.close()
+    return results
+
+
+def alive(clients: list[Client]) -> list[Client]:
+    """The clients still running; the others' logs are printed."""
+    for client in clients:
+        if client.process.returncode is not None and not client.reported:
+            client.reported = True
+            print(f"  {client.kind} exited ({client.process.returncode}): {client.tail()}")
+    return [c for c in clients if c.process.returncode is None]
+
+
+# -- the send path -----------------------------------------------------------------------
+
+
+async def measure_send(kinds: list[str], settings: Settings) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {}
+    async with Sandbox() as sb:
+        await sb.add_speaker(talk=False)  # a silent member: DAVE needs a group of two
+        info = describe(sb)
+        clients = []
+        try:
+            for i, kind in enumerate(kinds):
+                clients.append(
+                    await Client.spawn(kind, str(900_000_000_000_000_101 + i), info, settings)
+                )
+            await settle(sb, [c.user_id for c in clients])
+            for client in clients:
+                client.pause()
+            for _ in range(settings.repeat):
+                for client in clients:
+                    client.resume()
+                    got = await client.ask(
+                        "send", burst=settings.send_burst, repeat=5, paced=settings.send_paced
+                    )
+                    client.pause()
+                    result = results.setdefault(client.kind, {"burst_us": [], "paced_us": []})
+                    result["burst_us"] += got["burst_us"]
+                    result["paced_us"].append(got["paced_us"])
+        finally:
+            for client in clients:
+                await client.close()
+    return results
+
+
+# -- reporting ---------------------------------------------------------------------------
+
+
+def machine() -> str:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}"
+        for name in ("davey", "cryptography", "PyNaCl", "opuslib", "numpy", "reactivex")
+    )
+    node = "no Node.js"
+    if shutil.which("node"):
+        node = (
+            "Node.js "
+            + subprocess.run([_node(), "--version"], capture_output=True, text=True).stdout.strip()
+        )
+    return (
+        f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()} ({versions}); {node}"
+    )
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cell(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def print_tables(
+    receive: dict[int, dict[str, ClientResult]],
+    send: dict[str, dict[str, list[float]]],
+    kinds: list[str],
+) -> None:
+    print("\n### µs of CPU per received packet (median of the repeats)\n")
+    print("| N | DAVE | " + " | ".join(COLUMNS[k] for k in kinds) + " |")
+    print("|---|---|" + "---|" * len(kinds))
+    for n, results in receive.items():
+        cells = [cell(median(results[k].us_per_packet)) for k in kinds]
+        print(f"| {n} | yes | " + " | ".join(cells) + " |")
+    print("\nShare of the speakers' packets the application received in the windows:")
+    for n, results in receive.items():
+        shares = ", ".join(
+            f"{COLUMNS[k]} {cell(100 * (median(results[k].delivered) or 0))} %" for k in kinds
+        )
+        print(f"- N={n}: {shares}")
+    latency = [k for k in LATENCY_KINDS if k in kinds]
+    print("\n### Latency, relay send → emission, ms (p50 / p99)\n")
+    print("| N | " + " | ".join(COLUMNS[k] for k in latency) + " |")
+    print("|---|" + "---|" * len(latency))
+    for n, results in receive.items():
+        cells = [
+            f"{cell(percentile(results[k].latency_ms, 0.5), 2)} / "
+            f"{cell(percentile(results[k].latency_ms, 0.99), 2)}"
+            for k in latency
+        ]
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    if send:
+        print("\n### Send, µs of CPU per frame (DAVE on; median)\n")
+        print("| what | " + " | ".join(SEND_KINDS[k] for k in send) + " |")
+        print("|---|" + "---|" * len(send))
+        for what, key in (
+            ("burst (`send_opus` / `dispatchAudio`)", "burst_us"),
+            ("paced (`play_opus` / `AudioPlayer`)", "paced_us"),
+        ):
+            print(
+                f"| {what} | " + " | ".join(cell(median(r[key]), 1) for r in send.values()) + " |"
+            )
+
+
+def plot(
+    receive: dict[int, dict[str, ClientResult]], kinds: list[str], path: Path, note: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    speakers = list(receive)
+    for kind in kinds:
+        points = [(n, median(receive[n][kind].us_per_packet)) for n in speakers]
+        xs = [n for n, us in points if us is not None]
+        ys = [us for _, us in points if us is not None]
+        style = "--" if kind.startswith("djs") else ":" if kind.startswith("naive") else "-"
+        ax.plot(xs, ys, style, marker="o", label=COLUMNS[kind])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(speakers, [str(n) for n in speakers])
+    ax.set_xlabel("speakers (50 packets/s each, DAVE)")
+    ax.set_ylabel("µs CPU per received packet")
+    ax.set_title(f"End-to-end receive cost, {note}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"\nplot: {path}")
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> None:
+    node_modules = None if args.no_node else ensure_node_client()
+    settings = Settings(
+        speakers=args.speakers,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        window=args.window,
+        latency_window=args.latency_window,
+        node_modules=node_modules,
+    )
+    kinds = [k for k in COLUMNS if node_modules is not None or not k.startswith("djs-")]
+    print(f"machine: {machine()}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    started = time.monotonic()
+    receive = {}
+    for n in settings.speakers:
+        print(f"N={n}", flush=True)
+        receive[n] = await measure_receive(n, kinds, settings)
+    send_kinds = [k for k in SEND_KINDS if node_modules is not None or not k.startswith("djs-")]
+    print("send", flush=True)
+    send = await measure_send(send_kinds, settings)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average at the end: {load}; {time.monotonic() - started:.0f} s")
+    print_tables(receive, send, kinds)
+    if args.plot:
+        note = f"{datetime.date.today()}, {os.cpu_count()} cores, load {load}"
+        plot(receive, kinds, args.plot, note)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="N=10 and 50, one short repeat")
+    parser.add_argument("--speakers", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--window", type=float, default=None, help="seconds measured per turn")
+    parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--latency-window", type=float, default=2.0)
+    parser.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
+    parser.add_argument("--no-node", action="store_true", help="skip discord.js")
+    args = parser.parse_args()
+    if args.speakers is None:
+        args.speakers = [10, 50] if args.quick else [1, 10, 50, 99]
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.window is None:
+        args.window = 2.0 if args.quick else 4.0
+    if args.quick:
+        args.warmup, args.latency_window = 1.0, 1.0
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
