@@ -210,20 +210,20 @@ def ensure_node_client() -> Path | None:
 # -- the receive path --------------------------------------------------------------------
 
 
-async def settle(sb: Sandbox, users: list[str]) -> None:
-    """Wait until the clients are members and every DAVE transition has executed."""
+async def settle(sb: Sandbox, clients: list[Client]) -> None:
+    """Wait until clients and speakers are members and every DAVE transition has executed."""
     service = sb.dave()
     if service is None:
         return
+    users = {c.user_id for c in clients} | {s.user_id for s in sb.speakers}
     await sb.wait_for(
         lambda: (
-            set(users) <= set(service.members)
+            users <= set(service.members)
             and not service.pending_transitions
             and all(s.epoch == service.epoch for s in sb.speakers)
         ),
-        timeout=120,
+        timeout=180,
     )
-    await asyncio.sleep(0.5)  # the clients handle op 22 (a benchmark may wait)
 
 
 async def measure_latency(sb: Sandbox, client: Client, seconds: float) -> list[float]:
@@ -251,26 +251,30 @@ async def measure_latency(sb: Sandbox, client: Client, seconds: float) -> list[f
 async def measure_receive(n: int, kinds: list[str], settings: Settings) -> dict[str, ClientResult]:
     results = {kind: ClientResult() for kind in kinds}
     started = time.monotonic()
-    async with Sandbox(speakers=n, continuous_speech=True) as sb:
-        await sb.wait_for(lambda: all(s.dave_ready for s in sb.speakers), timeout=300)
-        print(f"  {n} DAVE speakers ready in {time.monotonic() - started:.1f} s", flush=True)
-        info = describe(sb)
-        clients: list[Client] = []
+    async with Sandbox(continuous_speech=True) as sb:
+        clients = await join(sb, kinds, 1, settings)
+        await settle(sb, clients)
+        # The speakers join last, all in one DAVE commit: with them first, each
+        # client's join would make every one of them commit.
+        speakers = [s.user_id for s in await sb.add_speakers(n)]
         try:
-            for i, kind in enumerate(kinds):
-                try:
-                    clients.append(
-                        await Client.spawn(kind, str(900_000_000_000_000_001 + i), info, settings)
-                    )
-                except (RuntimeError, TimeoutError) as exc:
-                    print(f"  {kind} did not join: {exc!r}", flush=True)
-            await settle(sb, [c.user_id for c in clients])
-            print(
-                f"  {len(clients)} clients joined at {time.monotonic() - started:.1f} s", flush=True
-            )
-            clients = alive(clients)
+            await settle(sb, clients)
+            # From here on nobody joins: a stopped client misses no DAVE transition.
             for client in clients:
                 client.pause()
+            for client in clients:
+                client.resume()
+                try:
+                    await client.ask("heard", speakers=speakers)
+                except TimeoutError:
+                    print(f"  {client.kind} did not hear every speaker: {client.tail()}")
+                    client.process.kill()
+                    await client.process.wait()
+                    client.reported = True
+                else:
+                    client.pause()
+            clients = alive(clients)
+            print(f"  {n} speakers heard at {time.monotonic() - started:.1f} s", flush=True)
             for r in range(settings.repeat):
                 turn = clients[r % len(clients) :] + clients[: r % len(clients)]
                 for client in alive(turn):
@@ -281,9 +285,8 @@ async def measure_receive(n: int, kinds: list[str], settings: Settings) -> dict[
                     after = await client.ask("mark")
                     packets = after["frames"] - before["frames"]
                     result = results[client.kind]
-                    result.us_per_packet.append(
-                        (after["cpu"] - before["cpu"]) / max(packets, 1) * 1e6
-                    )
+                    cpu = after["cpu"] - before["cpu"]
+                    result.us_per_packet.append(cpu / max(packets, 1) * 1e6)
                     result.delivered.append(packets / (settings.window * n * PACKETS_PER_SPEAKER))
                     if client.kind in LATENCY_KINDS:
                         result.latency_ms += await measure_latency(
@@ -294,6 +297,19 @@ async def measure_receive(n: int, kinds: list[str], settings: Settings) -> dict[
             for client in clients:
                 await client.close()
     return results
+
+
+async def join(sb: Sandbox, kinds: list[str], first_id: int, settings: Settings) -> list[Client]:
+    """Start the clients one after the other; those that fail to join are reported."""
+    info = describe(sb)
+    clients = []
+    for i, kind in enumerate(kinds):
+        user_id = str(900_000_000_000_000_000 + first_id + i)
+        try:
+            clients.append(await Client.spawn(kind, user_id, info, settings))
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"  {kind} did not join: {exc!r}", flush=True)
+    return clients
 
 
 def alive(clients: list[Client]) -> list[Client]:
@@ -311,19 +327,14 @@ def alive(clients: list[Client]) -> list[Client]:
 async def measure_send(kinds: list[str], settings: Settings) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {}
     async with Sandbox() as sb:
-        await sb.add_speaker(talk=False)  # a silent member: DAVE needs a group of two
-        info = describe(sb)
-        clients = []
+        clients = await join(sb, kinds, 101, settings)
         try:
-            for i, kind in enumerate(kinds):
-                clients.append(
-                    await Client.spawn(kind, str(900_000_000_000_000_101 + i), info, settings)
-                )
-            await settle(sb, [c.user_id for c in clients])
+            await sb.add_speakers(1, talk=False)  # a silent member: DAVE needs a group of two
+            await settle(sb, clients)
             for client in clients:
                 client.pause()
             for _ in range(settings.repeat):
-                for client in clients:
+                for client in alive(clients):
                     client.resume()
                     got = await client.ask(
                         "send", burst=settings.send_burst, repeat=5, paced=settings.send_paced

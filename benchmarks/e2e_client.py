@@ -11,11 +11,12 @@ Run: ``python benchmarks/e2e_client.py KIND USER_ID`` with the sandbox's JSON li
   (websockets + davey, no rxvoice Connection);
 - ``rx-send``: rxvoice sending: ``send_opus`` in bursts, then paced ``play_opus``.
 
-The client joins, prints ``{"ready": ...}`` once it has heard every speaker, then
-answers one JSON line per command line on stdin: ``mark`` (process CPU and frames
-so far), ``latency-on`` / ``latency-off`` (record ``[ssrc, sequence, monotonic_ns]``
-per emitted frame in between; the off answer carries them), ``send`` (rx-send
-only) and ``quit``. Nothing is recorded outside a latency window.
+The client joins, prints ``{"ready": ...}``, then answers one JSON line per
+command line on stdin: ``heard`` (once frames of every listed speaker arrived),
+``mark`` (process CPU and frames so far), ``latency-on`` / ``latency-off`` (record
+``[ssrc, sequence, monotonic_ns]`` per emitted frame in between; the off answer
+carries them), ``send`` (rx-send only) and ``quit``. Nothing is recorded outside
+a latency window.
 """
 
 from __future__ import annotations
@@ -58,17 +59,25 @@ class Client:
     def __init__(self, info: dict[str, Any], user_id: str) -> None:
         self.info = info
         self.user_id = user_id
-        self.speakers = set(info["speakers"])
         self.frames = 0
         self.samples: list[Sample] | None = None
         self.heard: set[str] = set()
-        self.all_heard = asyncio.get_running_loop().create_future()
+        self.heard_changed = asyncio.Event()
 
     def hear(self, user_id: str | None) -> None:
         if user_id is not None and user_id not in self.heard:
             self.heard.add(user_id)
-            if self.heard >= self.speakers and not self.all_heard.done():
-                self.all_heard.set_result(None)
+            self.heard_changed.set()
+
+    async def wait_heard(self, speakers: list[str]) -> dict[str, Any]:
+        while not self.heard >= set(speakers):
+            self.heard_changed.clear()
+            await self.heard_changed.wait()
+        self.all_heard()
+        return {"heard": len(self.heard)}
+
+    def all_heard(self) -> None:
+        """Every speaker was heard: stop looking."""
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -98,7 +107,11 @@ class RxClient(Client):
             ssl=ssl.create_default_context(cafile=self.info["ca_file"]),
         )
         await self.conn.connect()
+        self.hearing = self.conn.on_audio_frame.subscribe(lambda f: self.hear(f.user_id))
         return self.conn
+
+    def all_heard(self) -> None:
+        self.hearing.dispose()
 
     async def close(self) -> None:
         await self.conn.close()
@@ -107,10 +120,7 @@ class RxClient(Client):
 class RxFrames(RxClient):
     async def start(self) -> None:
         conn = await self.join()
-        heard = conn.on_audio_frame.subscribe(lambda f: self.hear(f.user_id))
         self.counting = conn.on_audio_frame.subscribe(self.count)
-        await self.all_heard
-        heard.dispose()
 
     def count(self, _: AudioFrame) -> None:
         self.frames += 1
@@ -130,13 +140,10 @@ class RxFrames(RxClient):
 class RxMix(RxClient):
     async def start(self) -> None:
         conn = await self.join()
-        heard = conn.on_audio_frame.subscribe(lambda f: self.hear(f.user_id))
         self.mixed = 0
         conn.on_audio_frame.pipe(
             vops.decode_opus(), ops.do_action(self.count), vops.mix()
         ).subscribe(self.play)
-        await self.all_heard
-        heard.dispose()
 
     def count(self, _: PcmChunk) -> None:
         self.frames += 1
@@ -156,7 +163,6 @@ class RxSend(RxClient):
         tone = EncodedTone(440.0)
         self.opus = [tone[i] for i in range(TONE_LOOP)]
         tone.close()
-        self.all_heard.set_result(None)
 
     async def command(self, cmd: dict[str, Any]) -> dict[str, Any]:
         if cmd["cmd"] != "send":
@@ -197,7 +203,6 @@ class NaiveMix(Client):
         await raw.connect()
         self.key = (await raw.handshake()).secret_key
         self.ticker = asyncio.get_running_loop().create_task(self.tick())
-        await self.all_heard
 
     async def tick(self) -> None:
         """Every 20 ms: clip the sum into int16 PCM (the mixed audio) and start afresh."""
@@ -288,13 +293,15 @@ async def main(kind: str, user_id: str) -> None:
     info = json.loads(await stdin.readline())
     client = KINDS[kind](info, user_id)
     await client.start()
-    reply({"ready": kind, "heard": len(client.heard)})
+    reply({"ready": kind})
     while line := await stdin.readline():
         cmd = json.loads(line)
         name = cmd["cmd"]
         if name == "quit":
             break
-        if name == "mark":
+        if name == "heard":
+            reply(await client.wait_heard(cmd["speakers"]))
+        elif name == "mark":
             reply({"cpu": cpu_seconds(), "frames": client.frames})
         elif name in ("latency-on", "latency-off"):
             reply({"samples": client.latency(name == "latency-on")})

@@ -8,8 +8,8 @@
 //           library discord.js recommends; opusscript 0.1.1 corrupts its heap as soon as
 //           four decoders exist) and summed into a 20 ms mix;
 //   send:   prepareAudioPacket + dispatchAudio in bursts, then an AudioPlayer (paced).
-// It speaks the same line protocol as e2e_client.py: {"ready": ...} once every speaker
-// was heard, then one JSON answer per command (mark, latency-on, latency-off, send, quit).
+// It speaks the same line protocol as e2e_client.py: {"ready": ...} once joined, then one
+// JSON answer per command (heard, mark, latency-on, latency-off, send, quit).
 // The voice credentials come from the sandbox's JSON line: the gateway adapter answers
 // discord.js's op 4 with them, as a main-gateway shard would.
 'use strict';
@@ -74,15 +74,12 @@ function join(info) {
   });
 }
 
-function receiver(connection, info) {
-  const speakers = new Set(info.speakers);
+function receiver(connection) {
   const client = { frames: 0, heard: new Set(), samples: null };
-  let allHeard;
-  client.ready = new Promise((resolve) => {
-    allHeard = resolve;
-  });
   const mix = kind === 'mix' ? new Int32Array(SAMPLES_PER_FRAME * CHANNELS) : null;
-  for (const user of speakers) {
+  let wanted = new Set();
+  let allHeard = () => {};
+  const listen = (user) => {
     const decoder = mix ? new OpusEncoder(48000, CHANNELS) : null;
     connection.receiver.subscribe(user).on('data', (packet) => {
       client.frames++;
@@ -94,12 +91,20 @@ function receiver(connection, info) {
         const samples = new Int16Array(pcm.buffer, pcm.byteOffset, pcm.length >> 1);
         for (let i = 0; i < samples.length; i++) mix[i] += samples[i];
       }
-      if (!client.heard.has(user)) {
+      if (!client.heard.has(user) && !encrypted) {
         client.heard.add(user);
-        if (client.heard.size === speakers.size) allHeard();
+        if ([...wanted].every((u) => client.heard.has(u))) allHeard();
       }
     });
-  }
+  };
+  // A receive stream per speaker, as a bot listening to everyone subscribes.
+  client.expect = (users) =>
+    new Promise((resolve) => {
+      wanted = new Set(users);
+      allHeard = resolve;
+      for (const user of users) listen(user);
+      if (users.every((u) => client.heard.has(u))) resolve();
+    });
   if (mix) {
     // Every 20 ms: clip the sum into int16 PCM (the mixed audio) and start afresh.
     const out = new Int16Array(mix.length);
@@ -146,7 +151,6 @@ function sender(connection) {
   const opus = toneFrames(50);
   return {
     frames: 0,
-    ready: Promise.resolve(),
     async send(cmd) {
       const burst = [];
       connection.setSpeaking(true);
@@ -182,13 +186,15 @@ async function main() {
   const info = JSON.parse((await lines.next()).value);
   const connection = join(info);
   await voice.entersState(connection, voice.VoiceConnectionStatus.Ready, 60000);
-  const client = kind === 'send' ? sender(connection) : receiver(connection, info);
-  await client.ready;
-  reply({ ready: kind, heard: client.heard ? client.heard.size : 0 });
+  const client = kind === 'send' ? sender(connection) : receiver(connection);
+  reply({ ready: kind });
   for await (const line of lines) {
     const cmd = JSON.parse(line);
     if (cmd.cmd === 'quit') break;
-    if (cmd.cmd === 'mark') reply({ cpu: cpuSeconds(), frames: client.frames });
+    if (cmd.cmd === 'heard') {
+      await client.expect(cmd.speakers);
+      reply({ heard: client.heard.size });
+    } else if (cmd.cmd === 'mark') reply({ cpu: cpuSeconds(), frames: client.frames });
     else if (cmd.cmd === 'latency-on' || cmd.cmd === 'latency-off') {
       reply({ samples: client.latency(cmd.cmd === 'latency-on') });
     } else if (cmd.cmd === 'send') reply(await client.send(cmd));

@@ -219,3 +219,14 @@ async def test_initial_speakers_form_one_group_and_talk_without_pauses() -> None
         assert SILENCE_FRAME not in {f.opus for f in sent}
         assert [f.opus for f in sent[TONE_LOOP:]] == [f.opus for f in sent[: len(sent) - TONE_LOOP]]
         assert all(p.speaking == 1 for p in simulated)
+
+
+async def test_speakers_added_together_join_a_clients_call_in_one_commit() -> None:
+    async with harness() as h:
+        sb = h.sb
+        listener = await h.joined()  # alone: no group yet
+        speakers = await sb.add_speakers(3, talk=False)
+        await settled(sb, speakers, listener)
+        service = sb.dave()
+        assert service is not None
+        assert service.epoch == 1 and service.stats.commits_accepted == 1

@@ -100,9 +100,8 @@ class Sandbox:
     """A local Discord for voice clients; use it as an async context manager.
 
     Args:
-        speakers: Simulated speakers that join at start and talk in turns. With
-            DAVE their proposals are held until all have joined, so they form
-            the group in one commit (99 speakers in seconds, not minutes).
+        speakers: Simulated speakers that join at start (with :meth:`add_speakers`)
+            and talk in turns.
         continuous_speech: Speakers added with ``talk=True`` talk without pauses
             (50 packets a second each, no speaking changes) instead of in turns.
         dave: Offer DAVE (E2EE). Off: every op 4 says version 0.
@@ -299,14 +298,7 @@ class Sandbox:
         self._bot_token, self.bot_user_id = bot.token, bot.user_id
         self._tick = loop.create_task(self._run_ticks(), name="sandbox-dave-tick")
         logger.info("sandbox up: gateway %s, voice %s", self.gateway_url, self.voice_endpoint)
-        # Held proposals: the initial speakers form the DAVE group in one commit
-        # rather than in one epoch per joiner, committed by every member.
-        voice.hold_dave(self.channel_id)
-        try:
-            for _ in range(self._initial_speakers):
-                await self.add_speaker()
-        finally:
-            voice.release_dave(self.channel_id)
+        await self.add_speakers(self._initial_speakers)
 
     async def _serve_gateway(self, ws: Any) -> None:
         assert self._gateway is not None
@@ -469,6 +461,19 @@ class Sandbox:
                 script, name=f"speaker-{speaker.user_id}-script"
             )
         return speaker
+
+    async def add_speakers(self, count: int, *, talk: bool = True) -> list[Speaker]:
+        """Add ``count`` speakers (see :meth:`add_speaker`) that join the DAVE group together.
+
+        Proposals are held until all have joined, so they enter the group in one
+        commit rather than one epoch per speaker, each committed by every member
+        (99 speakers take seconds instead of minutes).
+        """
+        self._server.hold_dave(self.channel_id)
+        try:
+            return [await self.add_speaker(talk=talk) for _ in range(count)]
+        finally:
+            self._server.release_dave(self.channel_id)
 
     @property
     def speakers(self) -> list[Speaker]:
