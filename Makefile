@@ -34,8 +34,9 @@ test: lint typecheck unit
 demo: setup
 	$(BIN)/python -m rxvoice demo
 
+# make bench BENCH_ARGS=--quick: fewer repeats, a short end-to-end run
 bench: setup
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

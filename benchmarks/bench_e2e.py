@@ -218,7 +218,7 @@ async def settle(sb: Sandbox, clients: list[Client]) -> None:
     users = {c.user_id for c in clients} | {s.user_id for s in sb.speakers}
     await sb.wait_for(
         lambda: (
-            users <= set(service.members)
+            (len(users) < 2 or users <= set(service.members))  # alone, nobody has a group
             and not service.pending_transitions
             and all(s.epoch == service.epoch for s in sb.speakers)
         ),
@@ -319,6 +319,35 @@ def alive(clients: list[Client]) -> list[Client]:
             client.reported = True
             print(f"  {client.kind} exited ({client.process.returncode}): {client.tail()}")
     return [c for c in clients if c.process.returncode is None]
+
+
+async def profile(kind: str, n: int, settings: Settings) -> None:
+    """cProfile one client over a window and print its top functions per packet."""
+    async with Sandbox(continuous_speech=True) as sb:
+        clients = await join(sb, [kind], 1, settings)
+        if not clients:
+            return
+        (client,) = clients
+        try:
+            await settle(sb, clients)
+            speakers = [s.user_id for s in await sb.add_speakers(n)]
+            await settle(sb, clients)
+            await client.ask("heard", speakers=speakers)
+            await asyncio.sleep(settings.warmup)
+            await client.ask("profile-on")
+            await asyncio.sleep(settings.window)
+            got = await client.ask("profile-off")
+        finally:
+            await client.close()
+    packets = max(got["frames"], 1)
+    print(f"\n### cProfile of {COLUMNS.get(kind, kind)}, N={n}, {packets} packets\n")
+    print("| function | calls/packet | own µs/packet | cumulative µs/packet |")
+    print("|---|---|---|---|")
+    for calls, own, cumulative, name in got["top"]:
+        print(
+            f"| `{name}` | {calls / packets:.2f} | {own / packets * 1e6:.1f} "
+            f"| {cumulative / packets * 1e6:.1f} |"
+        )
 
 
 # -- the send path -----------------------------------------------------------------------
@@ -476,6 +505,10 @@ async def run(args: argparse.Namespace) -> None:
     kinds = [k for k in COLUMNS if node_modules is not None or not k.startswith("djs-")]
     print(f"machine: {machine()}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    if args.profile:
+        for n in settings.speakers:
+            await profile(args.profile, n, settings)
+        return
     started = time.monotonic()
     receive = {}
     for n in settings.speakers:
@@ -502,6 +535,9 @@ def main() -> None:
     parser.add_argument("--latency-window", type=float, default=2.0)
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
     parser.add_argument("--no-node", action="store_true", help="skip discord.js")
+    parser.add_argument(
+        "--profile", metavar="KIND", help="only cProfile one client (e.g. rx-frames) instead"
+    )
     args = parser.parse_args()
     if args.speakers is None:
         args.speakers = [10, 50] if args.quick else [1, 10, 50, 99]

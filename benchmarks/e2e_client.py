@@ -15,18 +15,22 @@ The client joins, prints ``{"ready": ...}``, then answers one JSON line per
 command line on stdin: ``heard`` (once frames of every listed speaker arrived),
 ``mark`` (process CPU and frames so far), ``latency-on`` / ``latency-off`` (record
 ``[ssrc, sequence, monotonic_ns]`` per emitted frame in between; the off answer
-carries them), ``send`` (rx-send only) and ``quit``. Nothing is recorded outside
-a latency window.
+carries them), ``profile-on`` / ``profile-off`` (cProfile in between; the off
+answer carries the top functions), ``send`` (rx-send only) and ``quit``. Nothing
+is recorded outside a latency or profile window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import json
+import pstats
 import resource
 import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import davey
@@ -305,9 +309,27 @@ async def main(kind: str, user_id: str) -> None:
             reply({"cpu": cpu_seconds(), "frames": client.frames})
         elif name in ("latency-on", "latency-off"):
             reply({"samples": client.latency(name == "latency-on")})
+        elif name == "profile-on":
+            profiler = cProfile.Profile()
+            frames = client.frames
+            profiler.enable()
+            reply({})
+        elif name == "profile-off":
+            profiler.disable()
+            reply({"frames": client.frames - frames, "top": top_functions(profiler, 30)})
         else:
             reply(await client.command(cmd))
     await client.close()
+
+
+def top_functions(profiler: cProfile.Profile, count: int) -> list[list[Any]]:
+    """``[calls, own seconds, cumulative seconds, function]``, by own time."""
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    rows = [
+        [calls, own, cumulative, f"{Path(file).name}:{line}({name})"]
+        for (file, line, name), (_, calls, own, cumulative, _) in stats.items()
+    ]
+    return sorted(rows, key=lambda row: -row[1])[:count]
 
 
 def reply(message: dict[str, Any]) -> None:
