@@ -464,6 +464,7 @@ def plot(
     receive: dict[int, dict[str, ClientResult]], kinds: list[str], path: Path, note: str
 ) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -474,11 +475,17 @@ def plot(
         points = [(n, median(receive[n][kind].us_per_packet)) for n in speakers]
         xs = [n for n, us in points if us is not None]
         ys = [us for _, us in points if us is not None]
-        style = "--" if kind.startswith("djs") else ":" if kind.startswith("naive") else "-"
-        ax.plot(xs, ys, style, marker="o", label=COLUMNS[kind])
+        library = kind.split("-")[0]
+        color = {"rx": "tab:blue", "djs": "tab:orange", "naive": "tab:green"}[library]
+        style = {"rx": "-", "djs": "--", "naive": ":"}[library]
+        marker = "s" if kind.endswith("mix") else "o"
+        ax.plot(xs, ys, style, color=color, marker=marker, label=COLUMNS[kind])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(speakers, [str(n) for n in speakers])
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_yticks([20, 30, 50, 100, 200, 300, 500])
     ax.set_xlabel("speakers (50 packets/s each, DAVE)")
     ax.set_ylabel("µs CPU per received packet")
     ax.set_title(f"End-to-end receive cost, {note}", fontsize=9)
@@ -504,6 +511,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     kinds = [k for k in COLUMNS if node_modules is not None or not k.startswith("djs-")]
     print(f"machine: {machine()}")
+    load_at_start = os.getloadavg()[0]
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     if args.profile:
         for n in settings.speakers:
@@ -521,7 +529,10 @@ async def run(args: argparse.Namespace) -> None:
     print(f"load average at the end: {load}; {time.monotonic() - started:.0f} s")
     print_tables(receive, send, kinds)
     if args.plot:
-        note = f"{datetime.date.today()}, {os.cpu_count()} cores, load {load}"
+        note = (
+            f"{datetime.date.today()}, {os.cpu_count()} cores, "
+            f"load average {load_at_start:.1f} → {os.getloadavg()[0]:.1f}"
+        )
         plot(receive, kinds, args.plot, note)
 
 
@@ -544,7 +555,7 @@ def main() -> None:
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.window is None:
-        args.window = 2.0 if args.quick else 4.0
+        args.window = 2.0 if args.quick else 3.0
     if args.quick:
         args.warmup, args.latency_window = 1.0, 1.0
     asyncio.run(run(args))
