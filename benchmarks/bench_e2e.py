@@ -1,17 +1,17 @@
 """End-to-end receive benchmark: a sandbox call with N speakers, each client its own process.
 
 Run: ``python benchmarks/bench_e2e.py [--quick] [--speakers 1,10,50,99] [--repeat 3]
-[--window 4] [--plot PATH] [--no-node]``.
+[--window 3] [--plot PATH] [--no-node] [--profile KIND]``.
 
-This process hosts the sandbox (``Sandbox(speakers=N, continuous_speech=True)``: DAVE
-on, 50 packets/s per speaker). The clients (``e2e_client.py``: rxvoice frames,
-rxvoice decode+mix, a naive Python receiver; ``e2e_djs.cjs``: discord.js voice 0.19,
-frames and decode+mix, where Node.js is installed) all join the call, then take
-turns: the others are stopped (SIGSTOP) while one runs a warm-up and a
-measurement window, so every client sees the same machine in the same minutes and
-the ratios hold on a noisy machine. A client's cost is its whole-process CPU time
-(``getrusage``) over the window divided by the packets its application received;
-the table gives the median over the repeats.
+This process hosts the sandbox, with DAVE. The clients (``e2e_client.py``: rxvoice
+frames, rxvoice decode+mix, a naive Python receiver; ``e2e_djs.cjs``: discord.js
+voice 0.19, frames and decode+mix, where Node.js is installed) join the call
+first, then N speakers join in one DAVE commit and talk without pauses (50
+packets/s each). Then the clients take turns: the others are stopped (SIGSTOP)
+while one runs a warm-up and a measurement window, so every client sees the same
+machine in the same minutes and the ratios hold on a noisy machine. A client's
+cost is its whole-process CPU time (``getrusage``) over the window divided by the
+packets its application received; the table gives the median over the repeats.
 
 Latency: the sandbox's relay stamps each packet it sends to the client
 (``Sandbox.tap_relay``, monotonic clock), the client stamps each frame it emits
@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,9 @@ class Client:
         self.process.send_signal(signal.SIGCONT)
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:]
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")[-2000:]
+        return ""
 
     async def close(self) -> None:
         if self.process.returncode is None:
@@ -156,7 +159,8 @@ class Client:
             try:
                 await asyncio.wait_for(self.process.wait(), 10)
             except TimeoutError:
-                self.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
                 await self.process.wait()
         self.log.unlink(missing_ok=True)
 
@@ -251,52 +255,93 @@ async def measure_latency(sb: Sandbox, client: Client, seconds: float) -> list[f
 async def measure_receive(n: int, kinds: list[str], settings: Settings) -> dict[str, ClientResult]:
     results = {kind: ClientResult() for kind in kinds}
     started = time.monotonic()
-    async with Sandbox(continuous_speech=True) as sb:
+    async with Sandbox() as sb:
         clients = await join(sb, kinds, 1, settings)
-        await settle(sb, clients)
-        # The speakers join last, all in one DAVE commit: with them first, each
-        # client's join would make every one of them commit.
-        speakers = [s.user_id for s in await sb.add_speakers(n)]
         try:
             await settle(sb, clients)
-            # From here on nobody joins: a stopped client misses no DAVE transition.
-            for client in clients:
-                client.pause()
-            for client in clients:
-                client.resume()
-                try:
-                    await client.ask("heard", speakers=speakers)
-                except TimeoutError:
-                    print(f"  {client.kind} did not hear every speaker: {client.tail()}")
-                    client.process.kill()
-                    await client.process.wait()
-                    client.reported = True
-                else:
+            async with talking_speakers(sb, n, clients) as speakers:
+                clients = await hear_everyone(sb, clients, speakers)
+                print(f"  {n} speakers heard at {time.monotonic() - started:.1f} s", flush=True)
+                # From here on nobody joins: a stopped client misses no DAVE transition.
+                for client in clients:
                     client.pause()
-            clients = alive(clients)
-            print(f"  {n} speakers heard at {time.monotonic() - started:.1f} s", flush=True)
-            for r in range(settings.repeat):
-                turn = clients[r % len(clients) :] + clients[: r % len(clients)]
-                for client in alive(turn):
-                    client.resume()
-                    await asyncio.sleep(settings.warmup)
-                    before = await client.ask("mark")
-                    await asyncio.sleep(settings.window)
-                    after = await client.ask("mark")
-                    packets = after["frames"] - before["frames"]
-                    result = results[client.kind]
-                    cpu = after["cpu"] - before["cpu"]
-                    result.us_per_packet.append(cpu / max(packets, 1) * 1e6)
-                    result.delivered.append(packets / (settings.window * n * PACKETS_PER_SPEAKER))
-                    if client.kind in LATENCY_KINDS:
-                        result.latency_ms += await measure_latency(
-                            sb, client, settings.latency_window
-                        )
-                    client.pause()
+                for r in range(settings.repeat):
+                    turn = clients[r % len(clients) :] + clients[: r % len(clients)]
+                    for client in alive(turn):
+                        await measure_turn(sb, client, results[client.kind], n, settings)
         finally:
             for client in clients:
                 await client.close()
     return results
+
+
+async def measure_turn(
+    sb: Sandbox, client: Client, result: ClientResult, n: int, settings: Settings
+) -> None:
+    """One client's turn: warm-up, CPU window, latency window; the others are stopped."""
+    client.resume()
+    await asyncio.sleep(settings.warmup)
+    before = await client.ask("mark")
+    await asyncio.sleep(settings.window)
+    after = await client.ask("mark")
+    packets = after["frames"] - before["frames"]
+    cpu = after["cpu"] - before["cpu"]
+    result.us_per_packet.append(cpu / max(packets, 1) * 1e6)
+    result.delivered.append(packets / (settings.window * n * PACKETS_PER_SPEAKER))
+    if client.kind in LATENCY_KINDS:
+        result.latency_ms += await measure_latency(sb, client, settings.latency_window)
+    client.pause()
+
+
+@contextlib.asynccontextmanager
+async def talking_speakers(sb: Sandbox, n: int, clients: list[Client]) -> AsyncIterator[list[str]]:
+    """Add ``n`` speakers in one DAVE commit; they talk, without pauses, once it is settled.
+
+    The speakers join last: with them first, each client's join would make every
+    one of them commit. They start talking only then: a client busy with media
+    while it processes the commit may fall behind, fail to decrypt and reset its
+    DAVE session.
+    """
+    speakers = await sb.add_speakers(n, talk=False)
+    await settle(sb, clients)
+    talking = [asyncio.create_task(s.run(pause_seconds=None)) for s in speakers]
+    try:
+        yield [s.user_id for s in speakers]
+    finally:
+        for task in talking:
+            task.cancel()
+
+
+async def hear_everyone(sb: Sandbox, clients: list[Client], speakers: list[str]) -> list[Client]:
+    """Wait until every client heard every speaker and the DAVE group stayed put meanwhile.
+
+    A client that fell behind while the speakers joined may fail to decrypt, reset
+    its DAVE session (op 31) and so start a new epoch: then everyone listens again.
+    Clients that hear nothing in time are stopped and left out.
+    """
+    service = sb.dave()
+    for _ in range(3):
+        epoch = service.epoch if service is not None else 0
+        answers = await asyncio.gather(
+            *(c.ask("heard", speakers=speakers) for c in clients), return_exceptions=True
+        )
+        for client, answer in zip(clients, answers, strict=True):
+            if isinstance(answer, BaseException):
+                print(f"  {client.kind} did not hear every speaker ({answer!r}): {client.tail()}")
+                await client.close()
+                client.reported = True
+        clients = alive(clients)
+        await settle(sb, clients)
+        if service is None or service.epoch == epoch:
+            break
+        print(f"  the DAVE group moved on meanwhile (epoch {epoch} to {service.epoch})")
+    if service is not None:
+        stats = service.stats
+        print(
+            f"  DAVE epoch {service.epoch}: {stats.invalid_reports} op 31, "
+            f"{stats.transition_timeouts} transition timeouts"
+        )
+    return clients
 
 
 async def join(sb: Sandbox, kinds: list[str], first_id: int, settings: Settings) -> list[Client]:
@@ -323,20 +368,19 @@ def alive(clients: list[Client]) -> list[Client]:
 
 async def profile(kind: str, n: int, settings: Settings) -> None:
     """cProfile one client over a window and print its top functions per packet."""
-    async with Sandbox(continuous_speech=True) as sb:
+    async with Sandbox() as sb:
         clients = await join(sb, [kind], 1, settings)
         if not clients:
             return
         (client,) = clients
         try:
             await settle(sb, clients)
-            speakers = [s.user_id for s in await sb.add_speakers(n)]
-            await settle(sb, clients)
-            await client.ask("heard", speakers=speakers)
-            await asyncio.sleep(settings.warmup)
-            await client.ask("profile-on")
-            await asyncio.sleep(settings.window)
-            got = await client.ask("profile-off")
+            async with talking_speakers(sb, n, clients) as speakers:
+                await client.ask("heard", speakers=speakers)
+                await asyncio.sleep(settings.warmup)
+                await client.ask("profile-on")
+                await asyncio.sleep(settings.window)
+                got = await client.ask("profile-off")
         finally:
             await client.close()
     packets = max(got["frames"], 1)
@@ -433,7 +477,7 @@ def print_tables(
     print("\nShare of the speakers' packets the application received in the windows:")
     for n, results in receive.items():
         shares = ", ".join(
-            f"{COLUMNS[k]} {cell(100 * (median(results[k].delivered) or 0))} %" for k in kinds
+            f"{COLUMNS[k]} {cell(100 * (median(results[k].delivered) or 0), 1)} %" for k in kinds
         )
         print(f"- N={n}: {shares}")
     latency = [k for k in LATENCY_KINDS if k in kinds]
