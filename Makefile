@@ -34,8 +34,9 @@ test: lint typecheck unit docs-build
 demo: setup
 	$(BIN)/python -m rxvoice demo
 
+# make bench BENCH_ARGS=--quick: fewer repeats, a short end-to-end run
 bench: setup
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 # The docs site (mkdocs.yml, docs/): `make docs` serves it on http://127.0.0.1:8000;
 # docs-build checks its docstring extension and builds it into site/ with --strict.

@@ -123,7 +123,9 @@ def bench_dave(repeat: int) -> None:
     assert receiver.decrypt("1001", frame, 0.0) is None  # a replay is refused
 
 
-DAVE_SPEAKERS = 12  # building a 99-member MLS group takes minutes; the cost is per packet
+# One at a time, each join makes every member build a commit (O(N²) commits of O(N)
+# work: minutes for 99); the cost here is per packet, and bench_e2e.py runs 99.
+DAVE_SPEAKERS = 12
 
 
 def _attach_session(conn: Connection, rtp: RtpCrypto, dave: DaveManager) -> Session:

@@ -67,6 +67,7 @@ def _client(line: dict, **options: object) -> RawVoiceClient:
         pytest.param(("--require-dave",), signal.SIGTERM, id="require-dave"),
         pytest.param(("--no-dave",), signal.SIGINT, id="no-dave"),
         pytest.param(("--port",), signal.SIGTERM, id="fixed-port"),
+        pytest.param(("--continuous",), signal.SIGTERM, id="continuous"),
     ],
 )
 async def test_cli_prints_one_json_line_and_exits_cleanly(

@@ -346,6 +346,23 @@ def test_three_members_create_the_group_together(call: Call) -> None:
         assert sorted(str(kp.user_id) for kp in kps) == sorted({A, B, C} - {user})
 
 
+def test_held_proposals_form_the_group_in_one_commit(call: Call) -> None:
+    call.svc.hold()
+    for user in (A, B, C, D):
+        call.join(user)
+    # Key packages were taken, nothing was proposed yet.
+    assert call.svc.stats.key_packages == 4
+    assert [m for _, m in call.sent if isinstance(m, DaveMlsProposals)] == []
+    assert call.svc.pending == (A, B, C, D) and call.svc.epoch == 0
+    call.deliver(call.svc.release(call.now))
+    call.run()
+    call.no_errors()
+    # One epoch for all four: each commit was for epoch 0, and only the first won.
+    assert call.svc.epoch == 1
+    assert call.svc.stats.commits_accepted == 1
+    call.assert_group(A, B, C, D)
+
+
 def test_whole_welcome_forwarding_also_works() -> None:
     call = Call(DaveDeliveryService(CHANNEL, filter_welcome=False))
     for user in (A, B, C):

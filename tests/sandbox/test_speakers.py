@@ -12,6 +12,7 @@ from rxvoice.protocol import gateway as gw
 from rxvoice.protocol.daveframe import is_dave_frame
 from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.testing.sandbox import Sandbox, Speaker
+from rxvoice.testing.sandbox.speakers import TONE_LOOP, EncodedTone
 from tests.sandbox.rawclient import RawVoiceClient, harness
 
 
@@ -178,3 +179,54 @@ async def test_speaker_pacing_and_rtp_steps() -> None:
         times = [t for t, _ in listener.arrivals]
         # Paced, not a burst (a late first arrival under load shortens the spread).
         assert len(times) == frames and times[-1] - times[0] >= 0.3
+
+
+def test_encoded_tone_replays_its_first_second() -> None:
+    frames = EncodedTone(450.0)
+    first = [frames[i] for i in range(TONE_LOOP)]
+    assert len(set(first)) > 1  # real, evolving Opus, not one frame repeated
+    assert [frames[TONE_LOOP + i] for i in range(TONE_LOOP)] == first
+    assert abs(dominant_frequency(first * 2) - 450.0) < 5
+    frames.close()
+
+
+async def test_initial_speakers_form_one_group_and_talk_without_pauses() -> None:
+    async with harness(speakers=4, continuous_speech=True) as h:
+        sb = h.sb
+        service = sb.dave()
+        assert service is not None
+        await sb.wait_for(lambda: all(s.dave_ready for s in sb.speakers))
+        # Proposals were held until all four had joined: one epoch, one commit. The
+        # first speaker committed; the others found their Welcome queued and did not.
+        assert service.epoch == 1
+        assert (service.stats.commits_received, service.stats.commits_accepted) == (1, 1)
+
+        relayed: list[tuple[str, int, int]] = []
+        sb.tap_relay(lambda *sent: relayed.append(sent))
+        listener = await h.joined()
+        await settled(sb, sb.speakers, listener)
+        _, packet = await listener.recv_rtp()
+        assert (listener.user_id, packet.header.ssrc, packet.header.sequence) in relayed
+        # Media goes to clients only: the speakers would drop it.
+        simulated = [p for p in sb.participants() if p.simulated]
+        assert len(simulated) == 4 and all(p.packets_out == 0 for p in simulated)
+
+        # Continuous speech: past the first second, no silence, no op 5 off, and
+        # the first second's Opus again.
+        speaker = sb.speakers[0]
+        await sb.wait_for(lambda: len(speaker.sent) > TONE_LOOP + 5)
+        sent = list(speaker.sent)
+        assert SILENCE_FRAME not in {f.opus for f in sent}
+        assert [f.opus for f in sent[TONE_LOOP:]] == [f.opus for f in sent[: len(sent) - TONE_LOOP]]
+        assert all(p.speaking == 1 for p in simulated)
+
+
+async def test_speakers_added_together_join_a_clients_call_in_one_commit() -> None:
+    async with harness() as h:
+        sb = h.sb
+        listener = await h.joined()  # alone: no group yet
+        speakers = await sb.add_speakers(3, talk=False)
+        await settled(sb, speakers, listener)
+        service = sb.dave()
+        assert service is not None
+        assert service.epoch == 1 and service.stats.commits_accepted == 1

@@ -42,6 +42,7 @@ import collections
 import contextlib
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -122,13 +123,16 @@ class Sandbox:
     """A local Discord for voice clients; use it as an async context manager.
 
     Args:
-        speakers: Simulated speakers that join at start and talk (see ``voices``).
+        speakers: Simulated speakers that join at start (together, see
+            :meth:`add_speakers`) and talk (see ``voices``).
         voices: ``"tone"`` (the default): each speaker sings a steady sine,
             speaker ``i`` at 300 + 150·i Hz, talking 1 s then pausing, all
             at once. ``"speech"``: speech-like voices (vowels with a pitch
             contour, speaker ``i`` around :func:`speech_pitch` ``(i)``) taking
             turns like people, sometimes overlapping; a speaker added later
             speaks next.
+        continuous_speech: Tone speakers added with ``talk=True`` talk without
+            pauses (50 packets a second each, no speaking changes).
         dave: Offer DAVE (E2EE). Off: every op 4 says version 0.
         require_dave: Close clients without DAVE with 4017, as Discord does
             since 2026-03-01. Otherwise a non-DAVE client downgrades the call.
@@ -161,6 +165,7 @@ class Sandbox:
         *,
         speakers: int = 0,
         voices: str = "tone",
+        continuous_speech: bool = False,
         dave: bool = True,
         require_dave: bool = False,
         host: str = "127.0.0.1",
@@ -193,6 +198,7 @@ class Sandbox:
         self._conversation: Conversation | None = None
         self._conversation_task: asyncio.Task[None] | None = None
         self._started = False
+        self.continuous_speech = continuous_speech
         self.dave_enabled = dave
         self.require_dave = require_dave
         self.host = host
@@ -219,6 +225,7 @@ class Sandbox:
         self._tls: SandboxTls | None = None
         self._servers: list[Server] = []
         self._udp: asyncio.DatagramTransport | None = None
+        self._relay: Relay | None = None
         self._tick: asyncio.Task[None] | None = None
         self._voice: VoiceServer | None = None
         self._gateway: MainGateway | None = None
@@ -280,7 +287,7 @@ class Sandbox:
             on_change=self._changed,
             on_voice_state=self._voice_state,
         )
-        self._udp, _ = await loop.create_datagram_endpoint(
+        self._udp, self._relay = await loop.create_datagram_endpoint(
             lambda: Relay(
                 voice,
                 self._injector,
@@ -292,6 +299,13 @@ class Sandbox:
             local_addr=(self.host, voice_port),
         )
         voice.media_port = self._udp.get_extra_info("sockname")[1]
+        # asyncio reads one datagram per loop iteration: with dozens of speakers a
+        # busy moment would overflow the default buffer and lose, say, an IP
+        # discovery request (and with it a join).
+        with contextlib.suppress(OSError):
+            self._udp.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20
+            )
         common: dict[str, Any] = {
             "ssl": server_ssl,
             "compression": None,
@@ -338,8 +352,7 @@ class Sandbox:
         self._bot_token, self.bot_user_id = bot.token, bot.user_id
         self._tick = loop.create_task(self._run_ticks(), name="sandbox-dave-tick")
         logger.info("sandbox up: gateway %s, voice %s", self.gateway_url, self.voice_endpoint)
-        for _ in range(self._initial_speakers):
-            await self.add_speaker()
+        await self.add_speakers(self._initial_speakers)
         self._started = True  # speakers added from now on are newcomers
         self._start_conversation()
 
@@ -487,7 +500,8 @@ class Sandbox:
         Args:
             frequency: Its tone in Hz; distinct per speaker by default (300, 450, ...).
                 With a speech voice, its pitch (:func:`speech_pitch` of its index by default).
-            talk: Run the default script: talk 1 s, pause, repeat; with a
+            talk: Run the default script: talk 1 s, pause, repeat (without
+                pauses with ``continuous_speech``); with a
                 speech voice, take turns in the sandbox's conversation. ``False``
                 leaves it to the caller: ``await speaker.talk(n)`` or
                 ``say(seconds)``, ``pause()``, ``leave()``.
@@ -530,8 +544,9 @@ class Sandbox:
         if talk and voice is not None:
             self._converse(speaker)
         elif talk:
+            script = speaker.run(pause_seconds=None if self.continuous_speech else 0.5)
             self._speaker_tasks[speaker.user_id] = asyncio.get_running_loop().create_task(
-                speaker.run(), name=f"speaker-{speaker.user_id}-script"
+                script, name=f"speaker-{speaker.user_id}-script"
             )
         return speaker
 
@@ -547,6 +562,19 @@ class Sandbox:
             self._conversation_task = asyncio.get_running_loop().create_task(
                 self._conversation.run(), name="sandbox-conversation"
             )
+
+    async def add_speakers(self, count: int, *, talk: bool = True) -> list[Speaker]:
+        """Add ``count`` speakers (see :meth:`add_speaker`) that join the DAVE group together.
+
+        Proposals are held until all have joined, so they enter the group in one
+        commit rather than one epoch per speaker, each committed by every member
+        (99 speakers take seconds instead of minutes).
+        """
+        self._server.hold_dave(self.channel_id)
+        try:
+            return [await self.add_speaker(talk=talk) for _ in range(count)]
+        finally:
+            self._server.release_dave(self.channel_id)
 
     @property
     def speakers(self) -> list[Speaker]:
@@ -647,6 +675,17 @@ class Sandbox:
             Whether the bot is on the main gateway and in voice.
         """
         return self._main.server_update(user_id)
+
+    def tap_relay(self, callback: Callable[[str, int, int], None] | None) -> None:
+        """Call ``callback(user_id, ssrc, sequence)`` after each RTP packet relayed to a client.
+
+        For timing delivery: the relay sends at once (unless a fault knob delays
+        the packet), so ``time.monotonic()`` in the callback is the send time.
+        Simulated speakers receive no media. ``None`` removes the callback.
+        """
+        if self._relay is None:
+            raise UsageError("the sandbox is not started")
+        self._relay.on_relayed = callback
 
     def inject_invalid_commit(self, user_id: str) -> bool:
         """Fault knob: corrupt the next DAVE commit or welcome sent to ``user_id``.

@@ -24,8 +24,12 @@ import json
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["add_arguments", "run"]
+if TYPE_CHECKING:
+    from rxvoice.testing.sandbox import Sandbox
+
+__all__ = ["add_arguments", "describe", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("tone", "speech"),
         default="tone",
         help="speakers sing a steady tone each (default), or talk in turns like people",
+    )
+    parser.add_argument(
+        "--continuous",
+        action="store_true",
+        help="speakers talk without pauses (50 packets/s each) instead of in turns",
     )
     dave = parser.add_mutually_exclusive_group()
     dave.add_argument("--no-dave", action="store_true", help="offer no DAVE (transport only)")
@@ -83,6 +92,27 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args))
 
 
+def describe(sandbox: Sandbox) -> dict[str, Any]:
+    """What a client needs to join a started sandbox: the JSON line the CLI prints."""
+    return {
+        "gateway_url": sandbox.gateway_url,
+        "api_url": sandbox.api_url,
+        "bot_token": sandbox.bot_token,
+        "bot_user_id": sandbox.bot_user_id,
+        "guild_id": sandbox.guild_id,
+        "channel_id": sandbox.channel_id,
+        "voice": {
+            "endpoint": sandbox.voice_endpoint,
+            "token": sandbox.voice_token,
+            "url": sandbox.voice_url,
+        },
+        "ca_file": sandbox.ca_file,
+        "speakers": [s.user_id for s in sandbox.speakers],
+        "dave": sandbox.dave_enabled,
+        "require_dave": sandbox.require_dave,
+    }
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from rxvoice.testing.sandbox import Faults, Sandbox
 
@@ -95,29 +125,14 @@ async def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         speakers=args.speakers,
         voices=args.voices,
+        continuous_speech=args.continuous,
         dave=not args.no_dave,
         require_dave=args.require_dave,
         faults=Faults(loss=args.loss / 100.0, seed=args.seed),
         resume_window=args.resume_window,
     )
     async with sandbox:
-        line = {
-            "gateway_url": sandbox.gateway_url,
-            "api_url": sandbox.api_url,
-            "bot_token": sandbox.bot_token,
-            "bot_user_id": sandbox.bot_user_id,
-            "guild_id": sandbox.guild_id,
-            "channel_id": sandbox.channel_id,
-            "voice": {
-                "endpoint": sandbox.voice_endpoint,
-                "token": sandbox.voice_token,
-                "url": sandbox.voice_url,
-            },
-            "ca_file": sandbox.ca_file,
-            "speakers": [s.user_id for s in sandbox.speakers],
-            "dave": sandbox.dave_enabled,
-            "require_dave": sandbox.require_dave,
-        }
+        line = describe(sandbox)
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
         await stop.wait()

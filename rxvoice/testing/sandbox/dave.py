@@ -200,6 +200,7 @@ class DaveDeliveryService:
         self._retired: list[_Proposal] = []  # withdrawn, still to revoke from their holders
         self._transitions: dict[int, _Transition] = {}
         self._faults: set[str] = set()
+        self._holding = False
 
     # -- views -----------------------------------------------------------------------------
 
@@ -391,6 +392,20 @@ class DaveDeliveryService:
                 out += self._execute(tid)
         return out
 
+    def hold(self) -> None:
+        """Hold proposals back until :meth:`release`; key packages are still taken.
+
+        The gateway may delay proposals and batch them (protocol.md §5.6). Clients
+        that join while proposals are held at epoch 0 form the group in one
+        commit instead of one epoch per joiner, each committed by every member.
+        """
+        self._holding = True
+
+    def release(self, now: float) -> list[Out]:
+        """Stop holding proposals: what the group needs now goes out, batched."""
+        self._holding = False
+        return self._sync()
+
     def inject_fault(self, user_id: str) -> None:
         """Corrupt the next op 29 or op 30 sent to ``user_id`` (to test op 31 recovery).
 
@@ -522,7 +537,7 @@ class DaveDeliveryService:
 
         Idempotent: every event calls it, and it only sends what changed.
         """
-        if not self.protocol_version:
+        if not self.protocol_version or self._holding:
             return []
         dave = [c for c in self._clients.values() if c.dave]
         if self.established and not any(c.member for c in dave):

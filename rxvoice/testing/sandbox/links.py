@@ -15,10 +15,11 @@ then close.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -26,6 +27,8 @@ from websockets.exceptions import ConnectionClosed
 __all__ = ["Close", "Link", "MemoryLink", "WebSocketLink"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,15 @@ class WebSocketLink:
             logger.debug("websocket write failed: %s", exc)
 
 
+class _Inbox(asyncio.Queue[T]):
+    """An :class:`asyncio.Queue` whose waiting items can be looked at."""
+
+    def _init(self, maxsize: int) -> None:
+        # The deque Queue's own methods use (_init is its hook for subclasses).
+        self.waiting: collections.deque[T] = collections.deque()
+        self._queue = self.waiting
+
+
 class MemoryLink:
     """A :class:`Link` to an in-process peer: frames land in :attr:`inbox`.
 
@@ -132,8 +144,12 @@ class MemoryLink:
     in_process = True
 
     def __init__(self) -> None:
-        self.inbox: asyncio.Queue[str | bytes | Close] = asyncio.Queue()
+        self.inbox: _Inbox[str | bytes | Close] = _Inbox()
         self.closed = False
+
+    def queued(self) -> tuple[str | bytes | Close, ...]:
+        """What is in the inbox now, oldest first, without taking it."""
+        return tuple(self.inbox.waiting)
 
     def __repr__(self) -> str:
         return f"MemoryLink(closed={self.closed})"

@@ -6,13 +6,16 @@ What it does with each datagram:
   length 70, the SSRC echoed, the source IP NUL-padded and the source port;
   the source becomes the user's media address;
 - RTP from a user who has sent op 5: decrypt with the sender's key and mode,
-  then for every other user in the call rebuild the packet with the same
+  then for every other client in the call rebuild the packet with the same
   SSRC, sequence and timestamp (no CSRCs; every other packet carries a
   ``0xBEDE`` audio-level extension when extensions are on), encrypt it with
   the recipient's key and mode under the relay's own nonce counter for that
-  recipient, and send it through the fault injector. DAVE frames are opaque,
-  except that they never go to a client without DAVE (§7.3: frames ending in
-  ``FA FA`` are not forwarded to non-DAVE recipients);
+  recipient, send it through the fault injector, and tell ``on_relayed``
+  (when set) the recipient, SSRC and sequence. DAVE frames are opaque, except
+  that they never go to a client without DAVE (§7.3: frames ending in
+  ``FA FA`` are not forwarded to non-DAVE recipients). The sandbox's simulated
+  speakers get nobody's media: they would drop it, and with many of them the
+  copies alone would cost O(N²) encryptions every 20 ms;
 - keepalives, RTCP and junk: counted and ignored.
 
 Every ``rtcp_interval`` relayed packets a recipient also gets an encrypted
@@ -67,6 +70,11 @@ class Relay(asyncio.DatagramProtocol):
         rtcp_interval: Send an RTCP receiver report after this many relayed
             packets per recipient (0: never).
         on_packet: Called after each datagram (wakes the sandbox's waiters).
+
+    Attributes:
+        on_relayed: Called as ``on_relayed(user_id, ssrc, sequence)`` right after
+            each RTP packet sent to a client (e.g. to time its delivery); ``None``
+            by default.
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class Relay(asyncio.DatagramProtocol):
         self.extensions = extensions
         self.rtcp_interval = rtcp_interval
         self._on_packet = on_packet
+        self.on_relayed: Callable[[str, int, int], None] | None = None
         self._transport: asyncio.DatagramTransport | None = None
 
     def __repr__(self) -> str:
@@ -182,8 +191,14 @@ class Relay(asyncio.DatagramProtocol):
             extension_length=1 if with_extension else 0,
         ).serialize()
         plaintext = AUDIO_LEVEL_EXTENSION + payload if with_extension else payload
+        on_relayed = self.on_relayed
         for recipient in list(call.members.values()):
-            if recipient is sender or recipient.cipher is None or recipient.udp_addr is None:
+            if (
+                recipient is sender
+                or recipient.simulated
+                or recipient.cipher is None
+                or recipient.udp_addr is None
+            ):
                 continue
             if not recipient.dave_capable:
                 if dave_frame is None:
@@ -193,6 +208,8 @@ class Relay(asyncio.DatagramProtocol):
                     continue
             recipient.out_nonce = (recipient.out_nonce + 1) & _U32
             self._send(recipient, recipient.cipher.seal(out_header, plaintext, recipient.out_nonce))
+            if on_relayed is not None:
+                on_relayed(recipient.user_id, header.ssrc, header.sequence)
             recipient.packets_out += 1
             self._counters["rtp_relayed"] += 1
             if self.rtcp_interval and recipient.packets_out % self.rtcp_interval == 0:

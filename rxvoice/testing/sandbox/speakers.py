@@ -12,14 +12,21 @@ It sends real Opus (encoded with :class:`rxvoice.audio.opus.OpusEncoder`) at
 20 ms pacing on the event loop clock, DAVE-encrypted once its group is ready
 (plain before, as real clients do) and transport-encrypted. Its voice is
 either a steady sine tone at its own frequency (the default: tests recognise
-speakers by it), or, with a :class:`SpeechVoice`, speech-like sound: synthesised
-vowels in syllables, with a pitch contour around the speaker's own pitch and
-pauses, taking turns with the other speakers of a :class:`Conversation`.
+speakers by it; the first second is encoded once and then replayed, since a
+tone of a whole number of hertz repeats every second and encoding costs about
+125 µs a frame, most of the sandbox's time with dozens of speakers), or, with a
+:class:`SpeechVoice`, speech-like sound: synthesised vowels in syllables, with
+a pitch contour around the speaker's own pitch and pauses, taking turns with
+the other speakers of a :class:`Conversation`.
 
 Its DAVE logic follows discord.js's ``DAVESession`` on purpose rather than
 reusing rxvoice's :class:`~rxvoice.protocol.dave.DaveManager`: a speaker is a
 peer for rxvoice's client to be tested against, and a shared implementation
-would agree with itself on any mistake. Every Opus payload it sends is recorded in
+would agree with itself on any mistake. One shortcut: a speaker still waiting for
+its first group does not commit proposals when the Welcome that makes it a
+member is already in its inbox (its commit could only lose; with dozens of
+speakers forming a group together, each would cost a commit over the whole
+group). Every Opus payload it sends is recorded in
 :attr:`Speaker.sent`, so a test can check bit-exact delivery, and the tone
 tells the speakers apart after decoding.
 """
@@ -32,6 +39,7 @@ import contextlib
 import logging
 import math
 import random
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -48,7 +56,16 @@ from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.testing.sandbox.links import Close, MemoryLink
 from rxvoice.testing.sandbox.voice import VoiceConnection, VoiceServer
 
-__all__ = ["Conversation", "SentFrame", "Speaker", "SpeechVoice", "speech_pitch", "tone"]
+__all__ = [
+    "TONE_LOOP",
+    "Conversation",
+    "EncodedTone",
+    "SentFrame",
+    "Speaker",
+    "SpeechVoice",
+    "speech_pitch",
+    "tone",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +81,38 @@ def tone(frequency: float, index: int) -> np.ndarray:
 
 
 SENT_HISTORY = 30_000  # frames a speaker remembers in Speaker.sent
+TONE_LOOP = 50  # frames encoded once, then replayed: one second
+
+
+class EncodedTone:
+    """A speaker's Opus frames: the first second of its tone, encoded once, then looped.
+
+    Args:
+        frequency: The tone, in Hz (a whole number of hertz loops seamlessly).
+    """
+
+    def __init__(self, frequency: float) -> None:
+        self.frequency = frequency
+        self._frames: list[bytes] = []
+        self._encoder: OpusEncoder | None = OpusEncoder()
+
+    def __getitem__(self, index: int) -> bytes:
+        """The Opus frame of the tone's ``index``-th 20 ms."""
+        frames = self._frames
+        while len(frames) <= index % TONE_LOOP:
+            assert self._encoder is not None
+            frames.append(self._encoder.encode(tone(self.frequency, len(frames))))
+            if len(frames) == TONE_LOOP:
+                self._encoder.close()
+                self._encoder = None
+        return frames[index % TONE_LOOP]
+
+    def close(self) -> None:
+        """Free the encoder if the loop is not complete yet."""
+        if self._encoder is not None:
+            self._encoder.close()
+            self._encoder = None
+
 
 # Formants (Hz) of five vowels, for a voice of pitch about 120 Hz.
 _VOWELS = (
@@ -236,7 +285,8 @@ class Speaker:
         self._seq_ack = -1
         self._speaking = False
         self._frame_index = 0
-        self._encoder: OpusEncoder | None = None
+        self._tone: EncodedTone | None = None
+        self._encoder: OpusEncoder | None = None  # a speech voice's (tones use self._tone)
         self.closed = False
         # DAVE state, as discord.js keeps it.
         self._dave: davey.DaveSession | None = None
@@ -393,6 +443,8 @@ class Speaker:
         elif isinstance(m, gw.DaveMlsExternalSender):
             session.set_external_sender(m.payload)
         elif isinstance(m, gw.DaveMlsProposals):
+            if session.status == davey.SessionStatus.pending and self._welcome_queued():
+                return  # already added by someone else's commit
             kind = (
                 davey.ProposalsOperationType.append
                 if m.operation == gw.ProposalsOperation.APPEND
@@ -421,6 +473,13 @@ class Speaker:
             if m.transition_id:
                 self._pending[m.transition_id] = self.protocol_version
                 self._send(gw.DaveTransitionReady(m.transition_id))
+
+    def _welcome_queued(self) -> bool:
+        welcome = gw.DaveMlsWelcome.op
+        return any(
+            isinstance(frame, bytes) and len(frame) > 2 and frame[2] == welcome
+            for frame in self._link.queued()
+        )
 
     def _execute(self, transition_id: int) -> None:
         version = self._pending.pop(transition_id, None)
@@ -477,15 +536,15 @@ class Speaker:
         """Send ``frames`` Opus frames of the tone (op 5 ``speaking: 1`` first)."""
         if self._rtp is None or self.closed:
             return
-        if self._encoder is None:
-            self._encoder = OpusEncoder()
-        encoder = self._encoder
+        if self._tone is None:
+            self._tone = EncodedTone(self.frequency)
+        frames_of_tone = self._tone
         self._set_speaking(True)
 
         def next_frame() -> bytes:
-            pcm = tone(self.frequency, self._frame_index)
+            index = self._frame_index
             self._frame_index += 1
-            return encoder.encode(pcm)
+            return frames_of_tone[index]
 
         await self._paced(frames, next_frame)
 
@@ -518,8 +577,15 @@ class Speaker:
         await self._paced(5, lambda: SILENCE_FRAME)
         self._set_speaking(False)
 
-    async def run(self, talk_frames: int = 50, pause_seconds: float = 0.5) -> None:
-        """Talk, pause, repeat until the speaker leaves (the sandbox's default script)."""
+    async def run(self, talk_frames: int = 50, pause_seconds: float | None = 0.5) -> None:
+        """Talk and pause in turns until the speaker leaves (the sandbox's default script).
+
+        With ``pause_seconds=None`` it talks without pausing (50 packets a second,
+        no speaking changes).
+        """
+        if pause_seconds is None:
+            await self.talk(sys.maxsize)
+            return
         while not self.closed:
             await self.talk(talk_frames)
             await self.pause()
@@ -535,8 +601,11 @@ class Speaker:
         self.closed = True
         if self._udp is not None:
             self._udp.close()
+        if self._tone is not None:
+            self._tone.close()
         if self._encoder is not None:
             self._encoder.close()
+            self._encoder = None
         if not self._ready.done():
             self._ready.set_exception(ConnectionError("the speaker was disconnected"))
             self._ready.exception()  # retrieved: nobody may be waiting any more

@@ -835,6 +835,19 @@ class VoiceServer:
             return
         self._route(call, out)
 
+    def hold_dave(self, channel_id: str) -> None:
+        """Hold a call's DAVE proposals back (see :meth:`DaveDeliveryService.hold`)."""
+        service = self._dave_service(self.call(channel_id))
+        if service is not None:
+            service.hold()
+
+    def release_dave(self, channel_id: str) -> None:
+        """Send what a call's DAVE service held back, batched."""
+        call = self.calls.get(channel_id)
+        if call is not None and call.dave is not None:
+            self._route(call, call.dave.release(self._now()))
+            self._on_change()
+
     def inject_invalid_commit(self, user_id: str) -> bool:
         """Corrupt the next op 29/30 sent to ``user_id`` (it must answer op 31).
 
