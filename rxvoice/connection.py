@@ -77,11 +77,26 @@ class ConnectionStats(ReceiverStats):
     """What the connection counted (problems it survived included).
 
     The receive counters are :class:`~rxvoice.protocol.receiver.ReceiverStats`'
-    (every session's receiver adds to them); the rest are the connection's.
+    (every session's receiver adds to them); the rest are the connection's:
+
+    Attributes:
+        messages_received: Voice-gateway messages parsed.
+        malformed_messages: Frames that could not be parsed (skipped).
+        unexpected_messages: Well-formed messages at the wrong time, e.g. a
+            second op 2 or op 4 in one session (ignored: state is kept).
+        failed_messages: Messages whose handling raised (a bug, or a library
+            refusing the input); logged with the traceback, and the call goes on.
+        frames_sent: Opus frames sent.
+        frames_dropped: Frames :meth:`Connection.send_opus` dropped while the
+            connection was coming back (resuming or in a new session).
+        reconnects: New sessions after the first (new SSRC, keys and DAVE group).
+        resumes: Resumes (same session, new WebSocket).
     """
 
     messages_received: int = 0
     malformed_messages: int = 0
+    unexpected_messages: int = 0
+    failed_messages: int = 0
     frames_sent: int = 0
     frames_dropped: int = 0
     reconnects: int = 0
@@ -114,6 +129,8 @@ class Connection:
         dave_failure_tolerance: DAVE decryption failures in a row tolerated per
             user before the DAVE session re-initialises.
         max_missed_heartbeats: Unacknowledged heartbeats before resuming.
+        keepalive_interval: Seconds between UDP keepalives, which keep the
+            media path open (NAT bindings, the voice server) through silence.
         max_reconnect_attempts: Consecutive failed (re)connects before giving up.
         move_timeout: Seconds to wait, after close code 4014, for the new voice
             server credentials of a move before treating it as a kick.
@@ -146,6 +163,7 @@ class Connection:
         unmapped_hold: float = 1.0,
         dave_failure_tolerance: int = 36,
         max_missed_heartbeats: int = 3,
+        keepalive_interval: float = 5.0,
         max_reconnect_attempts: int = 5,
         move_timeout: float = 5.0,
         endpoint_timeout: float = 60.0,
@@ -167,6 +185,7 @@ class Connection:
         self.unmapped_hold = unmapped_hold
         self.dave_failure_tolerance = dave_failure_tolerance
         self.max_missed_heartbeats = max_missed_heartbeats
+        self.keepalive_interval = keepalive_interval
         self.max_reconnect_attempts = max_reconnect_attempts
         self.move_timeout = move_timeout
         self.endpoint_timeout = endpoint_timeout

@@ -198,7 +198,7 @@ class Run:
         if not resume:
             self.set_state(ConnectionState.IDENTIFYING)
         try:
-            await conn.send(session.gateway.opening_message(resume=resume))
+            await conn.send(session.opening_message(resume=resume))
             async for frame in ws.frames():
                 await session.on_frame(frame)
         except Reconnect:
