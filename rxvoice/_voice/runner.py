@@ -216,7 +216,7 @@ class Run:
         session = self.session
         assert session is not None
         self.session = None
-        session.close()
+        session.close(flush=True)
         self.conn.udp.close()
         return session.gateway.info
 

@@ -96,12 +96,19 @@ class Session:
         self.rtp, self.dave = rtp, dave
         self.receiver.set_keys(rtp.cipher, dave)
 
-    def close(self) -> list[asyncio.Task[None]]:
+    def close(self, *, flush: bool = False) -> list[asyncio.Task[None]]:
         """End the session: cancel its tasks and timer, drop the DAVE session.
+
+        Args:
+            flush: First emit what the receiver holds (frames waiting behind a
+                loss go out; frames waiting for DAVE keys count as failures).
+                Not from ``force_close``, which may run in a signal handler.
 
         Returns:
             The tasks cancelled (the caller may await their end).
         """
+        if flush:
+            self._deliver(self._receiver().flush(asyncio.get_running_loop().time()))
         cancelled = [task for task in self._tasks if not task.done()]
         for task in cancelled:
             task.cancel()

@@ -17,9 +17,11 @@ import rxvoice.connection
 from rxvoice.connection import Connection
 from rxvoice.errors import ConnectionClosed, DaveRequired, ReconnectInProgress, UsageError
 from rxvoice.events import AudioFrame, ConnectionState, Disconnected, SpeakingFlags
-from rxvoice.protocol.gateway import Resumed, SessionDescription, Speaking
+from rxvoice.protocol.gateway import Resumed, Speaking
 from rxvoice.protocol.rtp import SILENCE_FRAME
+from rxvoice.shard import GatewayShard
 from rxvoice.testing.sandbox import Faults, Sandbox
+from rxvoice.transport.websocket import FRAMES_LOGGER
 
 from .conftest import Join
 from .helpers import Recorder, count, hear_everything, payloads_of, until_in_group
@@ -569,25 +571,61 @@ async def test_a_client_without_dave_downgrades_the_call_and_audio_flows(
     assert conn.dave.stats.decrypted >= before + 20
 
 
-async def test_no_secret_reaches_the_logs(
+async def test_no_secret_reaches_the_logs_even_the_frames_logger_at_debug(
     sandbox: Sandbox, join: Join, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Everything at DEBUG, the opt-in frames logger included (before any socket
+    # opens: websockets decides per connection whether it logs frames).
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger=FRAMES_LOGGER.name)
     speaker = await sandbox.add_speaker(talk=False)
     conn = await join(connect=False)
     raw = Recorder(conn.on_raw_message)
     frames = Recorder(conn.on_audio_frame)
     await conn.connect()
-    assert any(isinstance(m, SessionDescription) for m in raw.items)
+    assert conn.user_id is not None and conn.token is not None and conn.rtp is not None
+    keys = [conn.rtp.cipher._key]
+    # A whole session: audio, a voice resume (op 7), a main-gateway resume
+    # (op 6), a new voice session (new token and key).
     await speaker.talk(10)
     await frames.wait_for(count(10))
-    assert conn.token is not None and conn.rtp is not None
-    secrets = [conn.token.reveal(), sandbox.bot_token, sandbox.voice_token]
-    key = conn.rtp.cipher._key
-    secrets += [key.hex(), str(list(key)), repr(key)]
-    shown = caplog.text + repr(conn) + "".join(repr(m) for m in raw.items) + repr(conn.rtp)
+    sandbox.force_close(conn.user_id, 4015)
+    await raw.wait_for(lambda ms: any(isinstance(m, Resumed) for m in ms))
+    shard = conn.shard
+    assert isinstance(shard, GatewayShard)
+    resumes = shard.stats.resumes
+    assert sandbox.main_gateway.drop(conn.user_id)
+    await sandbox.wait_for(lambda: shard.stats.resumes > resumes and shard.is_online)
+    first_token = conn.token.reveal()
+    readies = Recorder(conn.on_ready)
+    sandbox.force_close(conn.user_id, 4006)
+    await readies.wait_for(count(1))
+    assert conn.rtp is not None and conn.token is not None
+    keys.append(conn.rtp.cipher._key)
+    secrets = [first_token, conn.token.reveal(), sandbox.bot_token, sandbox.voice_token]
+    secrets += [rendering for key in keys for rendering in _renderings(key)]
+
+    # The sandbox plays Discord: its server-side logs are Discord's, not ours.
+    ours = [
+        r.getMessage()
+        for r in caplog.records
+        if not r.name.startswith(("websockets", "rxvoice.testing"))
+    ]
+    frame_lines = [r.getMessage() for r in caplog.records if r.name == FRAMES_LOGGER.name]
+    assert any('"op": 2' in line for line in frame_lines)  # the main gateway's Identify...
+    assert any('"op":0' in line for line in frame_lines)  # ...and the voice one were logged
+    assert any("<redacted>" in line for line in frame_lines)  # (the elided middle hides most)
+    shown = "\n".join(ours) + repr(conn) + "".join(repr(m) for m in raw.items) + repr(conn.rtp)
     for secret in secrets:
-        assert secret not in shown
+        # Not even a part: websockets shows a frame's first and last characters.
+        for i in range(len(secret) - 7):
+            assert secret[i : i + 8] not in shown, f"a piece of a secret in the logs: {secret[:3]}…"
+
+
+def _renderings(key: bytes) -> list[str]:
+    """How a 32-byte key could show: hex, a JSON array (compact or not), a bytes repr."""
+    numbers = [str(b) for b in key]
+    return [key.hex(), ",".join(numbers), ", ".join(numbers), repr(key)[2:-1]]
 
 
 async def test_force_close_from_a_signal_handler(join: Join) -> None:

@@ -66,6 +66,8 @@ class Relay(asyncio.DatagramProtocol):
         extensions: Add a ``0xBEDE`` extension to every other relayed packet.
         rtcp_interval: Send an RTCP receiver report after this many relayed
             packets per recipient (0: never).
+        to_speakers: Relay media to simulated speakers too (they ignore it;
+            off saves the sandbox's CPU in long runs with many speakers).
         on_packet: Called after each datagram (wakes the sandbox's waiters).
     """
 
@@ -77,6 +79,7 @@ class Relay(asyncio.DatagramProtocol):
         *,
         extensions: bool = True,
         rtcp_interval: int = 50,
+        to_speakers: bool = True,
         on_packet: Callable[[], None] | None = None,
     ) -> None:
         self._server = server
@@ -84,6 +87,7 @@ class Relay(asyncio.DatagramProtocol):
         self._counters = counters
         self.extensions = extensions
         self.rtcp_interval = rtcp_interval
+        self.to_speakers = to_speakers
         self._on_packet = on_packet
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -184,6 +188,8 @@ class Relay(asyncio.DatagramProtocol):
         plaintext = AUDIO_LEVEL_EXTENSION + payload if with_extension else payload
         for recipient in list(call.members.values()):
             if recipient is sender or recipient.cipher is None or recipient.udp_addr is None:
+                continue
+            if recipient.simulated and not self.to_speakers:
                 continue
             if not recipient.dave_capable:
                 if dave_frame is None:
