@@ -43,7 +43,7 @@ from rxvoice._voice.credentials import Credentials
 from rxvoice._voice.runner import Run
 from rxvoice._voice.sender import Sender
 from rxvoice._voice.session import Session
-from rxvoice.errors import ReconnectInProgress, UsageError
+from rxvoice.errors import ConnectionClosed, ReconnectInProgress, UsageError
 from rxvoice.events import (
     AudioFrame,
     ClientConnect,
@@ -198,6 +198,7 @@ class Connection:
         self._credentials = Credentials(self)
         self._sender = Sender(self)
         self._run: Run | None = None  # while connecting or connected
+        self._closed_with: ConnectionClosed | None = None  # how the last run ended
         self._reconnecting = asyncio.Lock()
         self._unwinding: set[asyncio.Task[None]] = set()  # cancelled, not finished yet
 
@@ -513,11 +514,14 @@ class Connection:
         """DAVE-encrypt, packetise, transport-encrypt and send one 20 ms Opus frame.
 
         Sends op 5 (Microphone) first if we are not speaking yet. Pace calls
-        yourself every 20 ms, or use :meth:`play_opus`. While the WebSocket
-        resumes, frames are dropped (and counted): real-time audio cannot wait.
+        yourself every 20 ms, or use :meth:`play_opus`. While the connection
+        comes back (a resume, a new session after 4006 or a move, the first
+        connect still under way), the frame is dropped and counted in
+        ``stats.frames_dropped``: real-time audio cannot wait.
 
         Raises:
-            UsageError: If the connection is not ready.
+            ConnectionClosed: If the connection closed for good (its code and reason).
+            UsageError: If the connection was never connected.
         """
         await self._sender.send_opus(frame)
 
@@ -525,7 +529,8 @@ class Connection:
         """Send five silence frames (no Opus interpolation artefacts), then op 5 off.
 
         Raises:
-            UsageError: If the connection is not ready.
+            ConnectionClosed: If the connection closed for good.
+            UsageError: If the connection was never connected.
         """
         await self._sender.stop_speaking()
 
@@ -534,12 +539,21 @@ class Connection:
     ) -> int:
         """Send Opus frames paced at 20 ms on the event loop's clock.
 
+        While the connection comes back (a resume, a new session, a move),
+        playback pauses: no frame is taken from ``frames`` until it is ready
+        again, then pacing starts afresh (discord.js's player does the same).
+
         Args:
             frames: 20 ms Opus frames, sync or async iterable.
             stop: Send the five silence frames and op 5 off at the end.
 
         Returns:
             How many frames were sent.
+
+        Raises:
+            ConnectionClosed: If the connection closed for good, before or
+                during playback.
+            UsageError: If the connection was never connected.
         """
         return await self._sender.play_opus(frames, stop)
 

@@ -239,6 +239,8 @@ class Run:
             self._watch = None
 
     def _fail(self, error: BaseException) -> None:
+        if isinstance(error, ConnectionClosed):
+            self.conn._closed_with = error  # what sending raises from now on
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: connect() may have stopped waiting

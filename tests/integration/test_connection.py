@@ -792,3 +792,48 @@ async def test_cancelled_playback_still_ends_the_talk_spurt(sandbox: Sandbox, jo
             payloads_of(fs, alice.user_id).get(max(payloads_of(fs, alice.user_id))) == SILENCE_FRAME
         )
     )
+
+
+async def test_playback_pauses_through_a_new_session_and_goes_on(
+    sandbox: Sandbox, join: Join
+) -> None:
+    alice = await join()
+    bob = await join()
+    assert alice.user_id is not None
+    heard = Recorder(bob.on_audio_frame)
+    readies = Recorder(alice.on_ready)
+    sent = [bytes([0xFC, i % 256, i // 256, 0x55]) for i in range(100)]
+    playing = asyncio.ensure_future(alice.play_opus(sent, stop=False))
+    await heard.wait_for(lambda fs: len(payloads_of(fs, alice.user_id)) >= 10)
+    first_ssrc = alice.ssrc
+    sandbox.force_close(alice.user_id, 4006)  # a new session: new SSRC, keys, DAVE group
+    assert await playing == len(sent)  # not a UsageError: it paused, then went on
+    assert readies.items == [None] and alice.ssrc != first_ssrc
+    assert alice.stats.frames_sent == len(sent) and alice.stats.frames_dropped == 0
+    await heard.wait_for(lambda fs: any(f.ssrc == alice.ssrc for f in fs))
+    # Bob heard both sessions; what he got is bit-exact, in the order it was played.
+    mine = [f for f in heard.items if f.user_id == alice.user_id]
+    assert {f.ssrc for f in mine} == {first_ssrc, alice.ssrc}
+    order = [sent.index(f.opus) for f in mine]
+    assert order == sorted(order)
+    await heard.wait_for(lambda fs: fs[-1].opus == sent[-1])
+
+
+async def test_send_opus_drops_while_the_connection_comes_back_and_raises_once_closed(
+    sandbox: Sandbox, join: Join
+) -> None:
+    conn = await join(move_timeout=0.2)
+    assert conn.user_id is not None
+    states = Recorder(conn.state)
+    sandbox.force_close(conn.user_id, 4006)
+    await states.wait_for(lambda ss: ConnectionState.RECONNECTING in ss)
+    await conn.send_opus(b"\xfc\x01\x02")  # coming back: dropped, counted
+    assert conn.stats.frames_dropped == 1 and conn.stats.frames_sent == 0
+    await Recorder(conn.on_ready).wait_for(count(1))
+    sandbox.force_close(conn.user_id, 4022)  # call terminated: closed for good
+    await states.wait_for(lambda ss: ss[-1] is ConnectionState.CLOSED)
+    with pytest.raises(ConnectionClosed) as closed:
+        await conn.send_opus(b"\xfc\x01\x02")
+    assert closed.value.code == 4022
+    with pytest.raises(ConnectionClosed):
+        await conn.play_opus([b"\xfc\x01\x02"])
