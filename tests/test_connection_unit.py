@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
 from rxvoice import Connection, ConnectionState, Secret
-from rxvoice.errors import UsageError
+from rxvoice.errors import ConnectionClosed, UsageError
 from rxvoice.events import Diagnostic, DiagnosticKind
 from rxvoice.protocol import gateway as gw
+from rxvoice.shard.base import VoiceStateUpdate, VoiceUpdate
+from rxvoice.streams import EventStream
 
 from .voice_harness import KEY, harness
 
@@ -164,3 +168,59 @@ async def test_a_message_whose_handling_raises_is_counted_and_the_session_goes_o
     assert h.conn.stats.failed_messages == 1
     assert h.conn.users == {"42"}
     assert "op 24 could not be handled" in caplog.text
+
+
+# -- force_close while connect() waits for credentials -----------------------------------
+
+
+class UnansweredShard:
+    """A shard whose op 4 is never answered; ``hold`` keeps op 4 itself from finishing."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.user_id: str | None = "3"
+        self.updates: EventStream[VoiceUpdate] = EventStream()
+        self.asked = asyncio.Event()
+        self.hold = hold
+
+    @property
+    def voice_updates(self) -> EventStream[VoiceUpdate]:
+        return self.updates
+
+    async def update_voice_state(
+        self,
+        guild_id: str,
+        channel_id: str | None,
+        *,
+        self_mute: bool = False,
+        self_deaf: bool = False,
+    ) -> None:
+        self.asked.set()
+        if self.hold:
+            await asyncio.get_running_loop().create_future()
+
+
+@pytest.mark.parametrize("moment", ["sending op 4", "waiting for both", "one of two came"])
+async def test_force_close_while_waiting_for_credentials_frees_the_connection(
+    moment: str,
+) -> None:
+    shard = UnansweredShard(hold=moment == "sending op 4")
+    for _ in range(3):  # the same shard serves many connections, one after the other
+        conn = Connection(guild_id=1, channel_id=2, shard=shard)
+        connecting = asyncio.ensure_future(conn.connect())
+        await shard.asked.wait()
+        shard.asked.clear()
+        if moment == "one of two came":
+            shard.updates.on_next(VoiceStateUpdate("1", "2", "3", "session"))
+        assert shard.updates.observers  # the run's watch and the request's
+        conn.force_close()
+        with pytest.raises(ConnectionClosed):
+            await connecting
+        if conn._unwinding:
+            await asyncio.wait(conn._unwinding)  # the cancelled run ends
+        assert conn._session is None and conn._run is None
+        assert shard.updates.observers == []
+        collected = weakref.ref(conn)
+        del conn, connecting
+        await asyncio.sleep(0)  # one loop turn: the callbacks already scheduled let go
+        gc.collect()
+        assert collected() is None
