@@ -21,7 +21,9 @@ far; at the end, the accounting of every frame the sandbox relayed to the bot:
   the new session (arrived - read);
 - counted by the bot: every read packet is either emitted on ``on_audio_frame``
   or counted in ``conn.stats`` (DAVE failures, undecryptable, malformed,
-  unmapped); the counters are printed as the stats dataclasses hold them;
+  unmapped) or reported as a ``no_keys`` diagnostic (it came before the new
+  session's keys); the counters are printed as the stats dataclasses hold
+  them, the diagnostics by kind;
 - unexplained: read - emitted - counted (must be 0).
 
 It exits 1 if anything is unexplained or the RSS grew more than ``--max-growth``
@@ -49,14 +51,16 @@ from collections.abc import Callable
 from typing import Any
 
 from rxvoice import Connection, GatewayShard
-from rxvoice.events import AudioFrame, ConnectionState
+from rxvoice.events import AudioFrame, ConnectionState, Diagnostic, DiagnosticKind
 from rxvoice.protocol.dave import DaveManager
 from rxvoice.testing.sandbox import Faults, Sandbox
 
 Pipe = multiprocessing.connection.Connection
 
-# Receive counters that are frames the bot read and did not emit (see ReceiverStats).
+# Receive counters that are frames the bot read and did not emit (see ReceiverStats),
+# and diagnostics that stand for such frames without a counter of their own.
 DROP_COUNTERS = ("dave_failures", "undecryptable_packets", "malformed_packets", "unmapped_expired")
+DROP_DIAGNOSTICS = (DiagnosticKind.NO_KEYS,)
 
 
 # -- the sandbox's process ---------------------------------------------------------------
@@ -200,16 +204,21 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         guild_id=info["guild_id"], channel_id=info["channel_id"], shard=shard, ssl=trust
     )
     emitted: collections.Counter[str] = collections.Counter()
+    diagnostics: collections.Counter[str] = collections.Counter()
     daves: list[DaveManager] = []
 
     def on_frame(frame: AudioFrame) -> None:
         emitted[frame.user_id] += 1
+
+    def on_diagnostic(diagnostic: Diagnostic) -> None:
+        diagnostics[diagnostic.kind.value] += 1
 
     def on_ready(_: None) -> None:
         if conn.dave is not None:
             daves.append(conn.dave)
 
     conn.on_audio_frame.subscribe(on_frame)
+    conn.on_diagnostic.subscribe(on_diagnostic)
     conn.on_ready.subscribe(on_ready)
     await conn.connect()
     assert conn.user_id is not None
@@ -274,6 +283,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     duplicated = counters.get("duplicated", 0)
     read = receive.get("packets_received", 0)
     counted = sum(receive.get(name, 0) for name in DROP_COUNTERS)
+    counted += sum(diagnostics[kind.value] for kind in DROP_DIAGNOSTICS)
     total_emitted = emitted.total()
     warm = [s for s in samples if s["t"] >= args.warmup]
     growth = max(s["rss_mb"] for s in warm) - warm[0]["rss_mb"] if warm else 0.0
@@ -296,6 +306,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "unexplained": read - duplicated - total_emitted - counted,
         },
         "receive_stats": receive,
+        "diagnostics": dict(diagnostics),
         "dave_stats": dave,
         "rss_mb": samples,
         "rss_growth_after_warmup_mb": round(growth, 1),
