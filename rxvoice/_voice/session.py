@@ -125,6 +125,8 @@ class Session:
         task = asyncio.get_running_loop().create_task(self._quietly(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # Cancelled before it started, ``work`` was never awaited: close it quietly.
+        task.add_done_callback(lambda _: work.close())
         return task
 
     async def _quietly(self, work: Coroutine[Any, Any, None]) -> None:
