@@ -10,10 +10,11 @@ import pytest
 
 from rxvoice import Connection, ConnectionState, Secret
 from rxvoice.errors import ConnectionClosed, UsageError
-from rxvoice.events import Diagnostic, DiagnosticKind
+from rxvoice.events import AudioFrame, Diagnostic, DiagnosticKind
 from rxvoice.protocol import gateway as gw
 from rxvoice.shard.base import VoiceStateUpdate, VoiceUpdate
 from rxvoice.streams import EventStream
+from rxvoice.testing.packets import encrypted_datagram
 
 from .voice_harness import KEY, harness
 
@@ -224,3 +225,18 @@ async def test_force_close_while_waiting_for_credentials_frees_the_connection(
         await asyncio.sleep(0)  # one loop turn: the callbacks already scheduled let go
         gc.collect()
         assert collected() is None
+
+
+async def test_a_session_ending_for_a_new_one_emits_what_its_receiver_held() -> None:
+    h = harness()
+    await h.ready(dave_protocol_version=0)
+    await h.feed(gw.Speaking(speaking=1, ssrc=7, user_id="42"))
+    frames: list[AudioFrame] = []
+    h.conn.on_audio_frame.subscribe(frames.append)
+    rtp = h.conn.rtp
+    assert rtp is not None
+    # Frame 1 is lost: frames 2 and 3 wait behind it in the jitter buffer.
+    h.conn._on_datagrams([encrypted_datagram(rtp.cipher, n, 7, b"\xfc%d" % n) for n in (0, 2, 3)])
+    assert [f.sequence for f in frames] == [0]
+    h.run._end_session()  # a new session replaces this one (4006, a move...)
+    assert [f.sequence for f in frames] == [0, 2, 3]
