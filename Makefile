@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench setup libopus clean docs docs-build
+.PHONY: demo test lint typecheck unit bench soak setup libopus clean docs docs-build
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -37,6 +37,12 @@ demo: setup
 # make bench BENCH_ARGS=--quick: fewer repeats, a short end-to-end run
 bench: setup
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# 25 speakers for 10 minutes, 5 % loss, epoch changes, a resume and a new session
+# (docs/reliability.md); e.g. `make soak SOAK_ARGS="--minutes 2"` for a short one.
+SOAK_ARGS ?=
+soak: setup
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
 # The docs site (mkdocs.yml, docs/): `make docs` serves it on http://127.0.0.1:8000;
 # docs-build checks its docstring extension and builds it into site/ with --strict.

@@ -43,7 +43,7 @@ from rxvoice._voice.credentials import Credentials
 from rxvoice._voice.runner import Run
 from rxvoice._voice.sender import Sender
 from rxvoice._voice.session import Session
-from rxvoice.errors import ReconnectInProgress, UsageError
+from rxvoice.errors import ConnectionClosed, ReconnectInProgress, UsageError
 from rxvoice.events import (
     AudioFrame,
     ClientConnect,
@@ -77,11 +77,26 @@ class ConnectionStats(ReceiverStats):
     """What the connection counted (problems it survived included).
 
     The receive counters are :class:`~rxvoice.protocol.receiver.ReceiverStats`'
-    (every session's receiver adds to them); the rest are the connection's.
+    (every session's receiver adds to them); the rest are the connection's:
+
+    Attributes:
+        messages_received: Voice-gateway messages parsed.
+        malformed_messages: Frames that could not be parsed (skipped).
+        unexpected_messages: Well-formed messages at the wrong time, e.g. a
+            second op 2 or op 4 in one session (ignored: state is kept).
+        failed_messages: Messages whose handling raised (a bug, or a library
+            refusing the input); logged with the traceback, and the call goes on.
+        frames_sent: Opus frames sent.
+        frames_dropped: Frames :meth:`Connection.send_opus` dropped while the
+            connection was coming back (resuming or in a new session).
+        reconnects: New sessions after the first (new SSRC, keys and DAVE group).
+        resumes: Resumes (same session, new WebSocket).
     """
 
     messages_received: int = 0
     malformed_messages: int = 0
+    unexpected_messages: int = 0
+    failed_messages: int = 0
     frames_sent: int = 0
     frames_dropped: int = 0
     reconnects: int = 0
@@ -114,6 +129,8 @@ class Connection:
         dave_failure_tolerance: DAVE decryption failures in a row tolerated per
             user before the DAVE session re-initialises.
         max_missed_heartbeats: Unacknowledged heartbeats before resuming.
+        keepalive_interval: Seconds between UDP keepalives, which keep the
+            media path open (NAT bindings, the voice server) through silence.
         max_reconnect_attempts: Consecutive failed (re)connects before giving up.
         move_timeout: Seconds to wait, after close code 4014, for the new voice
             server credentials of a move before treating it as a kick.
@@ -146,6 +163,7 @@ class Connection:
         unmapped_hold: float = 1.0,
         dave_failure_tolerance: int = 36,
         max_missed_heartbeats: int = 3,
+        keepalive_interval: float = 5.0,
         max_reconnect_attempts: int = 5,
         move_timeout: float = 5.0,
         endpoint_timeout: float = 60.0,
@@ -167,6 +185,7 @@ class Connection:
         self.unmapped_hold = unmapped_hold
         self.dave_failure_tolerance = dave_failure_tolerance
         self.max_missed_heartbeats = max_missed_heartbeats
+        self.keepalive_interval = keepalive_interval
         self.max_reconnect_attempts = max_reconnect_attempts
         self.move_timeout = move_timeout
         self.endpoint_timeout = endpoint_timeout
@@ -179,6 +198,7 @@ class Connection:
         self._credentials = Credentials(self)
         self._sender = Sender(self)
         self._run: Run | None = None  # while connecting or connected
+        self._closed_with: ConnectionClosed | None = None  # how the last run ended
         self._reconnecting = asyncio.Lock()
         self._unwinding: set[asyncio.Task[None]] = set()  # cancelled, not finished yet
 
@@ -494,11 +514,14 @@ class Connection:
         """DAVE-encrypt, packetise, transport-encrypt and send one 20 ms Opus frame.
 
         Sends op 5 (Microphone) first if we are not speaking yet. Pace calls
-        yourself every 20 ms, or use :meth:`play_opus`. While the WebSocket
-        resumes, frames are dropped (and counted): real-time audio cannot wait.
+        yourself every 20 ms, or use :meth:`play_opus`. While the connection
+        comes back (a resume, a new session after 4006 or a move, the first
+        connect still under way), the frame is dropped and counted in
+        ``stats.frames_dropped``: real-time audio cannot wait.
 
         Raises:
-            UsageError: If the connection is not ready.
+            ConnectionClosed: If the connection closed for good (its code and reason).
+            UsageError: If the connection was never connected.
         """
         await self._sender.send_opus(frame)
 
@@ -506,7 +529,8 @@ class Connection:
         """Send five silence frames (no Opus interpolation artefacts), then op 5 off.
 
         Raises:
-            UsageError: If the connection is not ready.
+            ConnectionClosed: If the connection closed for good.
+            UsageError: If the connection was never connected.
         """
         await self._sender.stop_speaking()
 
@@ -515,12 +539,21 @@ class Connection:
     ) -> int:
         """Send Opus frames paced at 20 ms on the event loop's clock.
 
+        While the connection comes back (a resume, a new session, a move),
+        playback pauses: no frame is taken from ``frames`` until it is ready
+        again, then pacing starts afresh (discord.js's player does the same).
+
         Args:
             frames: 20 ms Opus frames, sync or async iterable.
             stop: Send the five silence frames and op 5 off at the end.
 
         Returns:
             How many frames were sent.
+
+        Raises:
+            ConnectionClosed: If the connection closed for good, before or
+                during playback.
+            UsageError: If the connection was never connected.
         """
         return await self._sender.play_opus(frames, stop)
 

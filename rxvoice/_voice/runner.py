@@ -198,7 +198,7 @@ class Run:
         if not resume:
             self.set_state(ConnectionState.IDENTIFYING)
         try:
-            await conn.send(session.gateway.opening_message(resume=resume))
+            await conn.send(session.opening_message(resume=resume))
             async for frame in ws.frames():
                 await session.on_frame(frame)
         except Reconnect:
@@ -216,7 +216,7 @@ class Run:
         session = self.session
         assert session is not None
         self.session = None
-        session.close()
+        session.close(flush=True)
         self.conn.udp.close()
         return session.gateway.info
 
@@ -239,6 +239,8 @@ class Run:
             self._watch = None
 
     def _fail(self, error: BaseException) -> None:
+        if isinstance(error, ConnectionClosed):
+            self.conn._closed_with = error  # what sending raises from now on
         if not self.ready.done():
             self.ready.set_exception(error)
             self.ready.exception()  # retrieved: connect() may have stopped waiting

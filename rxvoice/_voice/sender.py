@@ -1,4 +1,12 @@
-"""Sending audio: speaking state (op 5), Opus frames through both encryption layers, pacing."""
+"""Sending audio: speaking state (op 5), Opus frames through both encryption layers, pacing.
+
+While the connection comes back (a resume, a new session, a move), nothing
+fails: :meth:`Sender.send_opus` drops the frame (counted in
+``stats.frames_dropped``: real-time audio cannot wait) and
+:meth:`Sender.play_opus` pauses (it takes no frame from its source) until the
+connection is ready again, as discord.js's audio player does. Both raise once
+the connection is closed for good.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ from collections.abc import AsyncIterable, Iterable
 from typing import TYPE_CHECKING
 
 from rxvoice.audio.opus import FRAME_DURATION, SAMPLES_PER_FRAME
-from rxvoice.errors import UsageError
+from rxvoice.errors import ConnectionClosed, UsageError
 from rxvoice.events import ConnectionState, SpeakingFlags
 from rxvoice.protocol.gateway import Speaking
 from rxvoice.protocol.rtp import SILENCE_FRAME
@@ -66,6 +74,9 @@ class Sender:
 
         async def pace(frame: bytes) -> None:
             nonlocal deadline, sent
+            if self._sendable(count=False) is None:
+                await self._until_ready()  # the connection is coming back: pause
+                deadline = loop.time()
             await self.send_opus(frame)
             sent += 1
             deadline += FRAME_DURATION
@@ -76,6 +87,7 @@ class Sender:
                 deadline = loop.time()  # we fell behind: do not burst to catch up
 
         try:
+            self._sendable(count=False)  # closed: raise before taking a frame
             if isinstance(frames, AsyncIterable):
                 async for frame in frames:
                     await pace(frame)
@@ -88,18 +100,48 @@ class Sender:
                 await asyncio.shield(self.stop_speaking())
         return sent
 
-    def _sendable(self) -> Session | None:
-        """The session to send on; ``None`` while it resumes (the frame is dropped, counted)."""
+    def _sendable(self, *, count: bool = True) -> Session | None:
+        """The session to send on, or ``None`` while the connection comes back.
+
+        Args:
+            count: Count the frame that cannot be sent now as dropped.
+
+        Raises:
+            ConnectionClosed: The connection closed for good.
+            UsageError: The connection was never connected.
+        """
         conn = self._conn
         session = conn._session
-        if session is not None and session.rtp is not None and session.dave is not None:
-            state = conn.current_state
-            if state is ConnectionState.READY:
-                return session
-            if state is ConnectionState.RESUMING:
-                conn.stats.frames_dropped += 1
-                return None
-        raise UsageError("the connection is not ready to send audio")
+        if (
+            session is not None
+            and session.rtp is not None
+            and session.dave is not None
+            and conn.current_state is ConnectionState.READY
+        ):
+            return session
+        if conn._run is None:
+            closed = conn._closed_with
+            if closed is not None:
+                raise ConnectionClosed(closed.code, closed.reason)
+            raise UsageError("the connection is not connected: call connect() first")
+        if count:
+            conn.stats.frames_dropped += 1
+        return None
+
+    async def _until_ready(self) -> None:
+        """Wait until the connection is ready again, or closed (then the caller raises)."""
+        changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_state(state: ConnectionState) -> None:
+            if state in (ConnectionState.READY, ConnectionState.CLOSED) and not changed.done():
+                changed.set_result(None)
+
+        subscription = self._conn.state.subscribe(on_state)
+        try:
+            await changed
+        finally:
+            subscription.dispose()
+        self._sendable(count=False)
 
     def _send(self, session: Session, frame: bytes) -> None:
         rtp, dave = session.rtp, session.dave

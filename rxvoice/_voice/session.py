@@ -29,6 +29,7 @@ from rxvoice.protocol.dave import DaveManager
 from rxvoice.protocol.gateway import ClientDisconnect as ClientDisconnectMessage
 from rxvoice.protocol.gateway import (
     ClientsConnect,
+    GatewayMessage,
     HeartbeatAck,
     Hello,
     Ready,
@@ -81,24 +82,33 @@ class Session:
         )
         self.users: set[str] = set()  # who else is in the call (op 11 / op 13)
         self.speaking = SpeakingFlags.NONE
+        # Where the handshake is: op 2 is taken once, op 4 once after our op 1,
+        # op 9 only in answer to our op 7 (the discord.js networking states).
+        self.selected = False  # op 1 (Select Protocol) sent
+        self.resuming = False  # op 7 (Resume) sent on the current WebSocket
         self._tasks: set[asyncio.Task[None]] = set()
         self._dave_flush: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _NEVER
 
     def begin_media(self, rtp: RtpCrypto, dave: DaveManager) -> None:
-        """Use the keys of a session description: send and receive audio from now on."""
-        if self.dave is not None and self.dave is not dave:
-            self.dave.close()
+        """Use the keys of the session description: send and receive audio from now on."""
         self.rtp, self.dave = rtp, dave
         self.receiver.set_keys(rtp.cipher, dave)
 
-    def close(self) -> list[asyncio.Task[None]]:
+    def close(self, *, flush: bool = False) -> list[asyncio.Task[None]]:
         """End the session: cancel its tasks and timer, drop the DAVE session.
+
+        Args:
+            flush: First emit what the receiver holds (frames waiting behind a
+                loss go out; frames waiting for DAVE keys count as failures).
+                Not from ``force_close``, which may run in a signal handler.
 
         Returns:
             The tasks cancelled (the caller may await their end).
         """
+        if flush:
+            self._deliver(self._receiver().flush(asyncio.get_running_loop().time()))
         cancelled = [task for task in self._tasks if not task.done()]
         for task in cancelled:
             task.cancel()
@@ -115,6 +125,8 @@ class Session:
         task = asyncio.get_running_loop().create_task(self._quietly(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # Cancelled before it started, ``work`` was never awaited: close it quietly.
+        task.add_done_callback(lambda _: work.close())
         return task
 
     async def _quietly(self, work: Coroutine[Any, Any, None]) -> None:
@@ -177,16 +189,24 @@ class Session:
 
     # -- gateway messages ---------------------------------------------------------------
 
+    def opening_message(self, *, resume: bool) -> GatewayMessage:
+        """The first message on a new WebSocket (Resume or Identify); see ``VoiceSession``."""
+        message = self.gateway.opening_message(resume=resume)
+        self.resuming = resume
+        return message
+
     async def on_frame(self, frame: str | bytes) -> None:
         """Handle one frame of the voice WebSocket.
+
+        Nothing slow runs here (IP discovery is a task of its own), and a
+        message that cannot be used is counted and reported, never raised.
 
         Raises:
             Reconnect: The WebSocket must be replaced (a bad setup).
         """
         conn = self.conn
-        gateway = self.gateway
         try:
-            envelope = gateway.receive(frame)
+            envelope = self.gateway.receive(frame)
         except MalformedMessage as exc:
             conn.stats.malformed_messages += 1
             conn._diagnose(DiagnosticKind.MALFORMED_MESSAGE, str(exc))
@@ -194,7 +214,21 @@ class Session:
         conn.stats.messages_received += 1
         message = envelope.message
         conn._on_raw_message.on_next(message)
-        now = asyncio.get_running_loop().time()
+        try:
+            self._handle(message, asyncio.get_running_loop().time())
+        except Reconnect:
+            raise
+        except Exception as exc:
+            # A bug, or a library refusing what the server sent: one message
+            # never ends the call.
+            conn.stats.failed_messages += 1
+            conn.logger.exception("voice gateway op %s could not be handled", message.op)
+            detail = f"op {message.op} could not be handled ({type(exc).__name__}); ignored"
+            conn._diagnose(DiagnosticKind.UNEXPECTED_MESSAGE, detail)
+        await self.flush_dave()
+
+    def _handle(self, message: GatewayMessage, now: float) -> None:
+        conn, gateway = self.conn, self.gateway
         match message:
             case Hello(heartbeat_interval=interval):
                 gateway.heartbeat_interval = interval / 1000.0
@@ -204,10 +238,18 @@ class Session:
                 if rtt is not None:
                     conn._on_heartbeat.on_next(rtt)
             case Ready():
-                await self._on_ready(message)
+                if gateway.ssrc is not None:
+                    self._unexpected(f"op 2 again (ssrc {message.ssrc}); we keep {gateway.ssrc}")
+                    return
+                gateway.ssrc = message.ssrc
+                self.spawn(self._set_up_media(message))
             case SessionDescription():
                 self._on_session_description(message, now)
             case Resumed():
+                if not self.resuming:
+                    self._unexpected("op 9 without a resume")
+                    return
+                self.resuming = False
                 self.speaking = SpeakingFlags.NONE  # a resume keeps all but that
                 self.run.became_ready(new_session=False)
             case Speaking(user_id=str(user_id), ssrc=ssrc, speaking=flags):
@@ -229,7 +271,11 @@ class Session:
             case _:
                 if self.dave is not None:
                     self.dave.handle(message, now)
-        await self.flush_dave()
+
+    def _unexpected(self, detail: str) -> None:
+        """A well-formed message at the wrong time: reported, and the state left as it was."""
+        self.conn.stats.unexpected_messages += 1
+        self.conn._diagnose(DiagnosticKind.UNEXPECTED_MESSAGE, f"{detail}; ignored")
 
     def beat(self) -> str | bytes | None:
         """The next heartbeat to send, or ``None`` after too many missed ACKs (then it resumes)."""
@@ -259,9 +305,9 @@ class Session:
             self._deliver(self._receiver().poll(asyncio.get_running_loop().time()))
             self._arm()
 
-    async def _on_ready(self, ready: Ready) -> None:
+    async def _set_up_media(self, ready: Ready) -> None:
+        """After Ready: the UDP socket, IP discovery, then Select Protocol (a session task)."""
         conn, udp = self.conn, self.conn.udp
-        self.gateway.ssrc = ready.ssrc
         self.run.set_state(ConnectionState.DISCOVERING)
         try:
             if not udp.is_open:
@@ -272,24 +318,32 @@ class Session:
             # ValueError: e.g. an IP that cannot even be encoded for resolution.
             conn.logger.warning("voice UDP setup failed: %s", exc)
             conn._diagnose(DiagnosticKind.UDP_SETUP_FAILED, str(exc))
-            raise Reconnect from exc
+            self.run.close_reason = f"voice UDP setup failed: {exc}"
+            conn.web_socket.abort()
+            return
         self.run.set_state(ConnectionState.SELECTING_PROTOCOL)
-        await conn.send(SelectProtocol(address=found.address, port=found.port, mode=mode.value))
-        udp.start_keepalive()
+        udp.start_keepalive(conn.keepalive_interval)
         conn._on_connected.on_next(None)
+        self.selected = True  # op 4 may be handled before this send returns
+        await conn.send(SelectProtocol(address=found.address, port=found.port, mode=mode.value))
 
     def _on_session_description(self, description: SessionDescription, now: float) -> None:
         conn = self.conn
+        ssrc = self.gateway.ssrc
+        if self.rtp is not None:
+            # A repeat (a replay after a resume, a confused server): the keys and
+            # the DAVE group we have are the ones our peers use.
+            self._unexpected("op 4 again")
+            return
+        if ssrc is None or not self.selected:
+            self._unexpected("op 4 before our op 1")
+            return
         try:
             mode = EncryptionMode(description.mode)
         except ValueError:
             detail = f"unsupported mode in op 4: {description.mode!r}"
             conn._diagnose(DiagnosticKind.UNEXPECTED_MESSAGE, detail)
             raise Reconnect from None
-        ssrc = self.gateway.ssrc
-        if ssrc is None:
-            conn._diagnose(DiagnosticKind.UNEXPECTED_MESSAGE, "op 4 before op 2; ignored")
-            return
         user_id = conn.user_id
         assert user_id is not None
         dave = DaveManager(

@@ -8,26 +8,75 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import re
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import Frame as WireFrame
+from websockets.frames import Opcode
 
 from rxvoice.errors import UsageError
 
-__all__ = ["FRAMES_LOGGER", "MIN_HEARTBEAT_INTERVAL", "WebSocketTransport"]
+__all__ = ["FRAMES_LOGGER", "MIN_HEARTBEAT_INTERVAL", "WebSocketTransport", "redact"]
 
 MIN_HEARTBEAT_INTERVAL = 0.05
 """Seconds: the shortest heartbeat interval honoured."""
 
 logger = logging.getLogger(__name__)
 
+# A JSON field whose name holds "token" or "secret" (Identify's and Resume's
+# token, op 4's secret_key), with its value: a string, an array or a scalar.
+_SECRET_FIELD = re.compile(
+    rb'("[^"\\]*(?:token|secret)[^"\\]*"\s*:\s*)(?:"(?:[^"\\]|\\.)*"?|\[[^\]]*\]?|[^,}\]\s]+)',
+    re.IGNORECASE,
+)
+_REDACTED = rb'\1"<redacted>"'
+
+
+def redact(data: bytes) -> bytes:
+    """``data`` (a gateway frame's payload) with every token and secret value replaced.
+
+    Works on any text, however truncated or malformed: what looks like a JSON
+    field named ``*token*`` or ``*secret*`` loses its value.
+
+    Example:
+        >>> redact(b'{"op":7,"d":{"server_id":"1","token":"abc","seq_ack":3}}')
+        b'{"op":7,"d":{"server_id":"1","token":"<redacted>","seq_ack":3}}'
+    """
+    return _SECRET_FIELD.sub(_REDACTED, data)
+
+
+class _RedactFrames(logging.Filter):
+    """Redacts the frames websockets logs (``> TEXT '{"op": 2, ...}'``) before they render.
+
+    The frame is redacted whole, before websockets elides its middle: a token
+    never shows, not even its first or last characters.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, WireFrame) for a in args):
+            record.args = tuple(_redacted_frame(a) for a in args)
+        return True
+
+
+def _redacted_frame(arg: object) -> object:
+    if not isinstance(arg, WireFrame) or arg.opcode not in (Opcode.TEXT, Opcode.BINARY):
+        return arg
+    data = redact(bytes(arg.data))
+    return dataclasses.replace(arg, data=data) if data != arg.data else arg
+
+
 # websockets logs every frame at DEBUG, Identify (with its token) included: give
-# it a logger of its own that stays at INFO even when the application debugs.
+# it a logger of its own that stays at INFO even when the application debugs,
+# and that redacts tokens and keys when it is turned on.
 FRAMES_LOGGER = logging.getLogger("rxvoice.transport.frames")
 FRAMES_LOGGER.setLevel(logging.INFO)
+FRAMES_LOGGER.addFilter(_RedactFrames())
 
 Frame = str | bytes
 
