@@ -117,7 +117,6 @@ async def _sandbox_main(pipe: Pipe, speakers: int, loss: float, seed: int) -> No
     async with Sandbox(
         speakers=speakers,
         rtcp_interval=0,  # every datagram to the bot is RTP: the fault counters are about audio
-        relay_to_speakers=False,  # the bot is the only listener: the relay counters are its own
         faults=Faults(loss=loss, seed=seed),
     ) as sb:
 

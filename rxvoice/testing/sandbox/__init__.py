@@ -152,8 +152,6 @@ class Sandbox:
         rtp_extensions: Put a ``0xBEDE`` extension on every other relayed packet.
         rtcp_interval: Send an RTCP receiver report every this many relayed
             packets per recipient (0: never).
-        relay_to_speakers: Relay media to the simulated speakers too (they
-            ignore it); off saves CPU in long runs with many speakers.
         faults: Fault knobs (see :class:`Faults`); :meth:`set_faults` changes them.
         guild_id: The guild id; random when omitted.
         channel_id: The voice channel id; random when omitted.
@@ -181,7 +179,6 @@ class Sandbox:
         resume_gap_code: int = 4006,
         rtp_extensions: bool = True,
         rtcp_interval: int = 50,
-        relay_to_speakers: bool = True,
         faults: Faults | None = None,
         guild_id: str | None = None,
         channel_id: str | None = None,
@@ -215,7 +212,6 @@ class Sandbox:
         self._resume_gap_code = resume_gap_code
         self._rtp_extensions = rtp_extensions
         self._rtcp_interval = rtcp_interval
-        self._relay_to_speakers = relay_to_speakers
         self._injector = FaultInjector(faults)
         self.guild_id = guild_id or new_snowflake()
         self.channel_id = channel_id or new_snowflake()
@@ -298,7 +294,6 @@ class Sandbox:
                 self._counters,
                 extensions=self._rtp_extensions,
                 rtcp_interval=self._rtcp_interval,
-                to_speakers=self._relay_to_speakers,
                 on_packet=self._changed,
             ),
             local_addr=(self.host, voice_port),

@@ -69,8 +69,6 @@ class Relay(asyncio.DatagramProtocol):
         extensions: Add a ``0xBEDE`` extension to every other relayed packet.
         rtcp_interval: Send an RTCP receiver report after this many relayed
             packets per recipient (0: never).
-        to_speakers: Relay media to simulated speakers too (they ignore it;
-            off saves the sandbox's CPU in long runs with many speakers).
         on_packet: Called after each datagram (wakes the sandbox's waiters).
 
     Attributes:
@@ -87,7 +85,6 @@ class Relay(asyncio.DatagramProtocol):
         *,
         extensions: bool = True,
         rtcp_interval: int = 50,
-        to_speakers: bool = True,
         on_packet: Callable[[], None] | None = None,
     ) -> None:
         self._server = server
@@ -95,7 +92,6 @@ class Relay(asyncio.DatagramProtocol):
         self._counters = counters
         self.extensions = extensions
         self.rtcp_interval = rtcp_interval
-        self.to_speakers = to_speakers
         self._on_packet = on_packet
         self.on_relayed: Callable[[str, int, int], None] | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -203,8 +199,6 @@ class Relay(asyncio.DatagramProtocol):
                 or recipient.cipher is None
                 or recipient.udp_addr is None
             ):
-                continue
-            if recipient.simulated and not self.to_speakers:
                 continue
             if not recipient.dave_capable:
                 if dave_frame is None:
