@@ -2,10 +2,11 @@
 
 Commands (in any text channel the bot can read):
 
-- ``!join``: the bot joins your voice channel, writes one WAV file per user into
-  ``recordings/`` and hands every utterance, as 16 kHz mono int16 PCM, to
-  :func:`transcribe`, then posts the text;
-- ``!leave``: the bot leaves; the WAV files are closed.
+- ``!join``: the bot joins your voice channel, records one WAV file per user into
+  ``recordings/<channel>/``, all on the call's timeline (so they line up), and
+  hands every utterance (``rxvoice.operators.utterances()``: 16 kHz mono int16
+  PCM) to :func:`transcribe`, then posts the text;
+- ``!leave``: the bot leaves and says which files it wrote.
 
 Run it on Discord (enable the Message Content intent of the bot in the developer
 portal, for the ``!`` commands)::
@@ -28,94 +29,20 @@ import asyncio
 import os
 import ssl
 import sys
-from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import discord
 import numpy as np
-import reactivex
 import yarl
 from discord.ext import commands
-from reactivex import Observable
 from reactivex import operators as ops
 
-from rxvoice import Connection, PcmChunk, VoiceActivityChange
 from rxvoice import operators as vops
 from rxvoice.discordpy import RxVoiceClient
-
-RATE = 16_000
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """One stretch of a user's speech: 16 kHz mono int16 samples."""
-
-    user_id: str
-    pcm: np.ndarray
-
-    @property
-    def seconds(self) -> float:
-        """Its length."""
-        return len(self.pcm) / RATE
-
-
-class _Cutter:
-    """Keeps each user's recent 16 kHz audio and cuts it at voice-activity changes."""
-
-    def __init__(self, pre_roll: int, max_chunks: int) -> None:
-        # Speech is declared at its second loud frame: keep the frames before it.
-        self.recent: dict[str, deque[np.ndarray]] = defaultdict(lambda: deque(maxlen=pre_roll))
-        self.talking: dict[str, list[np.ndarray]] = {}
-        self.max_chunks = max_chunks
-
-    def feed(self, item: PcmChunk | VoiceActivityChange) -> list[Utterance]:
-        """Take a 16 kHz chunk or a voice-activity change; return the utterance it ends."""
-        user = item.user_id
-        if user is None:
-            return []
-        if isinstance(item, VoiceActivityChange):
-            if item.speaking:
-                self.talking[user] = list(self.recent.pop(user, ()))
-                return []
-            return self._cut(user, self.talking.pop(user, []))
-        parts = self.talking.get(user)
-        if parts is None:
-            self.recent[user].append(item.pcm[:, 0])
-            return []
-        parts.append(item.pcm[:, 0])
-        if len(parts) >= self.max_chunks:  # bounded: a long monologue comes in pieces
-            self.talking[user] = []
-            return self._cut(user, parts)
-        return []
-
-    def _cut(self, user: str, parts: list[np.ndarray]) -> list[Utterance]:
-        return [Utterance(user, np.concatenate(parts))] if parts else []
-
-
-def utterances(
-    conn: Connection, *, pre_roll: int = 10, max_seconds: float = 30.0
-) -> Observable[Utterance]:
-    """Each user's utterances, from voice activity, as 16 kHz mono PCM.
-
-    Args:
-        conn: The voice connection (``vc.connection``).
-        pre_roll: 20 ms frames kept before speech is detected.
-        max_seconds: Longer speech is cut into pieces of this length.
-    """
-
-    def build(_: Any) -> Observable[Utterance]:
-        cutter = _Cutter(pre_roll, round(max_seconds * 50))
-        pcm = conn.on_audio_frame.pipe(vops.decode_opus(), ops.share())
-        # Subscribed first, so a frame's audio arrives before the change it causes.
-        speech = pcm.pipe(vops.to_mono(), vops.resample(RATE))
-        changes = pcm.pipe(vops.voice_activity())
-        return reactivex.merge(speech, changes).pipe(ops.flat_map(cutter.feed))
-
-    return reactivex.defer(build)
+from rxvoice.events import Utterance
 
 
 def transcribe(pcm: np.ndarray, sample_rate: int) -> str:
@@ -127,31 +54,42 @@ def transcribe(pcm: np.ndarray, sample_rate: int) -> str:
 def record(
     vc: RxVoiceClient,
     out_dir: Path,
-    on_text: Callable[[str, str], Awaitable[None]],
+    on_text: Callable[[Utterance, str], Awaitable[None]],
     stt: Callable[[np.ndarray, int], str] = transcribe,
-) -> None:
-    """Write one WAV per user into ``out_dir`` and pass each utterance's text to ``on_text``.
+) -> asyncio.Future[list[Path]]:
+    """Record the call into ``out_dir`` and pass each utterance's text to ``on_text``.
 
-    Everything stops when the voice client ends (``disconnect()``, a kick).
+    One WAV per user on the call's timeline (all of the recording's length, named
+    after the members); each utterance, as 16 kHz mono int16 samples, goes to
+    ``stt`` in a worker thread. Everything stops when the voice client ends
+    (``disconnect()``, a kick).
+
+    Returns:
+        The paths of the WAV files, once the voice client has ended.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    conn = vc.connection
-    conn.on_audio_frame.pipe(
-        vops.decode_opus(), vops.write_wav(str(out_dir / "{user_id}.wav"))
-    ).subscribe(lambda path: print("wrote", path))
     loop = asyncio.get_running_loop()
+    pcm = vc.connection.on_audio_frame.pipe(vops.decode_opus(), ops.share())
+
+    def name(user_id: str) -> str | None:
+        member = vc.guild.get_member(int(user_id))
+        return member.display_name if member is not None else None
+
+    files = pcm.pipe(
+        vops.write_timeline(out_dir, start=loop.time(), labels=name), ops.to_list()
+    ).pipe(ops.to_future())
     running: set[asyncio.Task[None]] = set()
 
     async def handle(utterance: Utterance) -> None:
-        text = await asyncio.to_thread(stt, utterance.pcm, RATE)
-        await on_text(utterance.user_id, text)
+        text = await asyncio.to_thread(stt, utterance.pcm[:, 0], utterance.sample_rate)
+        await on_text(utterance, text)
 
     def on_utterance(utterance: Utterance) -> None:
         task = loop.create_task(handle(utterance))
         running.add(task)  # keep a reference until it is done
         task.add_done_callback(running.discard)
 
-    utterances(conn).subscribe(on_utterance)
+    pcm.pipe(vops.utterances()).subscribe(on_utterance)
+    return files
 
 
 def make_bot(**client_options: Any) -> commands.Bot:
@@ -159,6 +97,7 @@ def make_bot(**client_options: Any) -> commands.Bot:
     intents = discord.Intents.default()
     intents.message_content = True
     bot = commands.Bot(command_prefix="!", intents=intents, **client_options)
+    recordings: dict[int, asyncio.Future[list[Path]]] = {}  # by guild
 
     @bot.command()
     async def join(ctx: commands.Context[commands.Bot]) -> None:
@@ -168,16 +107,19 @@ def make_bot(**client_options: Any) -> commands.Bot:
             return
         vc = await voice.channel.connect(cls=RxVoiceClient)
 
-        async def post(user_id: str, text: str) -> None:
-            await ctx.send(f"<@{user_id}>: {text}")
+        async def post(utterance: Utterance, text: str) -> None:
+            await ctx.send(f"<@{utterance.user_id}>: {text}")
 
-        record(vc, Path("recordings") / str(voice.channel.id), post)
+        recordings[vc.guild.id] = record(vc, Path("recordings") / str(voice.channel.id), post)
         await ctx.send(f"Recording {voice.channel.mention}.")
 
     @bot.command()
     async def leave(ctx: commands.Context[commands.Bot]) -> None:
-        if ctx.voice_client is not None:
-            await ctx.voice_client.disconnect(force=False)
+        if ctx.voice_client is None or ctx.guild is None:
+            return
+        await ctx.voice_client.disconnect(force=False)
+        if (files := recordings.pop(ctx.guild.id, None)) is not None:
+            await ctx.send("Wrote " + ", ".join(path.name for path in await files))
 
     return bot
 
@@ -196,9 +138,12 @@ async def run_in_sandbox(utterance_count: int, out_dir: Path) -> list[str]:
         bot = make_bot(connector=aiohttp.TCPConnector(ssl=trust))
         texts: list[str] = []
         done = asyncio.Event()
+        began = asyncio.get_running_loop().time()
+        recordings: list[asyncio.Future[list[Path]]] = []
 
-        async def post(user_id: str, text: str) -> None:
-            print(f"{user_id}: {text}")
+        async def post(utterance: Utterance, text: str) -> None:
+            start, end = utterance.start - began, utterance.end - began
+            print(f"[{start:5.2f}-{end:5.2f} s] {utterance.user_id}: {text}")
             texts.append(text)
             if len(texts) == utterance_count:
                 done.set()
@@ -208,13 +153,15 @@ async def run_in_sandbox(utterance_count: int, out_dir: Path) -> list[str]:
             channel = guild.get_channel(int(sb.channel_id))
             assert isinstance(channel, discord.VoiceChannel)
             vc = await channel.connect(cls=RxVoiceClient.with_options(ssl=trust))
-            record(vc, out_dir, post)
+            recordings.append(record(vc, out_dir, post))
 
         async with bot:
             runner = asyncio.create_task(bot.start(sb.bot_token))
             await done.wait()
             for vc in bot.voice_clients:
                 await vc.disconnect(force=False)
+            for files in recordings:
+                print("wrote", ", ".join(str(path) for path in await files))
             await bot.close()
             await runner
         return texts

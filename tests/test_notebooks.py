@@ -121,6 +121,10 @@ def check_compose_pipelines(out: Outputs) -> None:
     assert utterances, data(out["vad"], "text/html")
     pitches = [float(p) for h in utterances for p in re.findall(r"pitch (\d+) Hz", h)]
     assert pitches and all(abs(p - 300) < 20 for p in pitches), utterances
+    # Cut at the pauses: the speaker talks 1 s at a time (then 0.1 s of silence frames).
+    lengths = [float(s) for h in utterances for s in re.findall(r"([\d.]+) s long", h)]
+    assert len(lengths) == len(utterances) and max(lengths) < 1.6, utterances
+    assert max(lengths) > 0.9, utterances
     assert len(players(out["vad"])) == len(utterances)
     assert "300 Hz: 0.50 s at 16000 Hz" in text(out["live"])
     assert "rxvoice logged 0 warnings" in text(out["live"])

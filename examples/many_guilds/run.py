@@ -122,8 +122,13 @@ def pitch_of(path: Path) -> tuple[float, float]:
         return dominant_frequency(pcm, wav.getframerate()), len(pcm) / wav.getframerate()
 
 
-async def run(args: argparse.Namespace) -> tuple[dict[str, float], bool]:
-    """Run everything; return each speaker's tone and whether every process exited cleanly."""
+async def run(args: argparse.Namespace) -> tuple[dict[str, float], list[dict[str, Any]], bool]:
+    """Run everything.
+
+    Returns:
+        Each speaker's tone, the utterances the workers wrote (their JSON lines),
+        and whether every process exited cleanly.
+    """
     out = Path(args.out)
     shard_count = args.bots * SHARDS_PER_BOT
     work = Path(tempfile.mkdtemp(prefix="rxvoice-many-guilds-"))
@@ -196,15 +201,16 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, float], bool]:
                     await child.process.wait()
 
     shutil.rmtree(work, ignore_errors=True)
-    return tones, not any(codes)
+    written = [line for worker in workers for line in worker.lines if "wav" in line]
+    return tones, written, not any(codes)
 
 
-def check(out: Path, tones: dict[str, float]) -> bool:
+def check(out: Path, tones: dict[str, float], written: list[dict[str, Any]]) -> bool:
     """Print each speaker's utterances; whether each has some at its own pitch."""
     print("\nutterances per speaker (16 kHz mono WAVs, ready for speech-to-text):")
-    ok = True
+    ok = not any("error" in line for line in written)
     for user_id, tone in tones.items():
-        files = sorted(out.glob(f"*/{user_id}/*.wav"))
+        files = [Path(line["wav"]) for line in written if line["user_id"] == user_id]
         heard = [pitch_of(f) for f in files]
         longest = max(heard, key=lambda h: h[1], default=(0.0, 0.0))
         good = bool(files) and abs(longest[0] - tone) <= 5.0
@@ -228,9 +234,8 @@ def main() -> int:
     args = parser.parse_args()
     if min(args.guilds, args.bots, args.workers) < 1 or args.seconds <= 0:
         parser.error("--guilds, --bots, --workers and --seconds must be positive")
-    shutil.rmtree(args.out, ignore_errors=True)
-    tones, clean = asyncio.run(run(args))
-    return 0 if check(Path(args.out), tones) and clean else 1
+    tones, written, clean = asyncio.run(run(args))
+    return 0 if check(Path(args.out), tones, written) and clean else 1
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ import discord
 import numpy as np
 import pytest
 from discord.gateway import DiscordWebSocket
+from reactivex.subject import Subject
 
 from rxvoice.discordpy import RxVoiceClient
+from rxvoice.events import Utterance
 from rxvoice.testing.packets import dominant_frequency, read_wav
 from rxvoice.testing.sandbox import Sandbox
-from tests.integration.helpers import Recorder, until_in_group
+from tests.integration.helpers import Recorder, count, until_in_group
 
 from .conftest import Login
 
@@ -43,41 +45,59 @@ async def test_utterances_and_recordings(
     vc = await channel.connect(cls=RxVoiceClient.with_options(ssl=sandbox.client_ssl()))
     for speaker in (alice, bob):
         await until_in_group(vc.connection, speaker.user_id)
-    cut = Recorder(example.utterances(vc.connection))
-    texts: list[tuple[str, str]] = []
-    posted = asyncio.Event()
+    heard: list[tuple[np.ndarray, int]] = []  # what the transcriber was given
 
-    async def on_text(user_id: str, text: str) -> None:
-        texts.append((user_id, text))
-        if len(texts) == 2:
-            posted.set()
+    def stt(pcm: np.ndarray, sample_rate: int) -> str:
+        heard.append((pcm, sample_rate))
+        return example.transcribe(pcm, sample_rate)
 
-    example.record(vc, tmp_path, on_text)
+    texts: Subject[tuple[Utterance, str]] = Subject()
+    posted = Recorder(texts)
+
+    async def on_text(utterance: Utterance, text: str) -> None:
+        texts.on_next((utterance, text))
+
+    files = example.record(vc, tmp_path, on_text, stt)
 
     # Turns, as people talk: 0.6 s each, and each ends with silence frames.
-    for speaker in (alice, bob):
+    for n, speaker in enumerate((alice, bob), 1):
         await speaker.talk(30)
         await speaker.pause()
-        await cut.wait_for(lambda us, s=speaker: any(u.user_id == s.user_id for u in us))
-    await asyncio.wait_for(posted.wait(), 10)
-    assert [u.user_id for u in cut.items] == [alice.user_id, bob.user_id]
-    for utterance, speaker in zip(cut.items, (alice, bob), strict=True):
-        assert utterance.pcm.dtype == np.int16 and utterance.pcm.ndim == 1
-        # All 30 loud frames (the pre-roll keeps the one before detection), plus
-        # the silence until voice activity ends.
-        assert 0.6 <= utterance.seconds <= 1.0
-        loud = np.flatnonzero(np.abs(utterance.pcm) > 1000)
+        await posted.wait_for(count(n))
+    assert [u.user_id for u, _ in posted.items] == [alice.user_id, bob.user_id]
+    assert all("s of speech" in text for _, text in posted.items)
+    for (utterance, _), (pcm, rate), speaker in zip(posted.items, heard, (alice, bob), strict=True):
+        assert rate == 16_000 and pcm.dtype == np.int16 and pcm.ndim == 1
+        # All 30 loud frames, plus the silence frames after them (utterances()
+        # keeps up to 0.2 s past the last loud frame); the pre-roll has nothing
+        # to keep: the speaker sent nothing before.
+        assert 0.6 <= len(pcm) / rate <= 1.0
+        assert utterance.end - utterance.start == pytest.approx(len(pcm) / rate)
+        loud = np.flatnonzero(np.abs(pcm) > 1000)
         assert (loud[-1] - loud[0]) / 16_000 == pytest.approx(0.6, abs=0.03)
-        assert dominant_frequency(utterance.pcm, 16_000) == pytest.approx(speaker.frequency, abs=5)
-    assert [user for user, _ in texts] == [alice.user_id, bob.user_id]
-    assert all("s of speech" in text for _, text in texts)
+        assert dominant_frequency(pcm, 16_000) == pytest.approx(speaker.frequency, abs=5)
+    # Call time: bob began after alice had finished.
+    (first, _), (second, _) = posted.items
+    assert first.end <= second.start
 
-    await vc.disconnect()  # the connection's streams complete: the files close
-    await cut.wait_for(lambda _: cut.completed)
-    for speaker in (alice, bob):
-        pcm, rate = read_wav(tmp_path / f"{speaker.user_id}.wav")
-        assert rate == 48_000 and pcm.shape[0] >= 30 * 960
+    await vc.disconnect()  # the connection's streams complete: the files are finished
+    paths = await asyncio.wait_for(files, 10)
+    # Named after the members, as the guild knows them.
+    names = [
+        f"{channel.guild.get_member(int(s.user_id)).display_name}-{s.user_id}.wav"
+        for s in (alice, bob)
+    ]
+    assert sorted(path.name for path in paths) == sorted(names)
+    recordings = [read_wav(tmp_path / name) for name in names]
+    # On the call's timeline: both as long as the recording, alice's talk before bob's.
+    assert recordings[0][0].shape == recordings[1][0].shape
+    for (pcm, rate), speaker in zip(recordings, (alice, bob), strict=True):
+        assert rate == 48_000 and pcm.shape[0] >= 2 * 30 * 960
         assert dominant_frequency(pcm) == pytest.approx(speaker.frequency, abs=5)
+    onsets = [np.flatnonzero(np.abs(pcm[:, 0]) > 1000)[0] / rate for pcm, rate in recordings]
+    assert onsets[1] - onsets[0] >= 0.6
+    # The utterances are placed on the same timeline as the files.
+    assert second.start - first.start == pytest.approx(onsets[1] - onsets[0], abs=0.05)
 
 
 async def test_the_example_runs_in_the_sandbox(
