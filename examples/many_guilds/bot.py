@@ -75,6 +75,7 @@ async def run_sandbox(args: argparse.Namespace, js: Any, stop: asyncio.Event) ->
 async def run_discord(args: argparse.Namespace, js: Any, stop: asyncio.Event) -> dict[str, Any]:
     """The same with discord.py on real Discord: this process runs ``args.shards``."""
     import discord
+
     from rxvoice.discordpy import RxVoiceClient
 
     intents = discord.Intents.default()
