@@ -16,6 +16,9 @@ Rules it follows (see protocol.md §5.7 and the whitepaper):
 - op 23 is sent for every non-zero transition id and never for id 0, which
   executes at once;
 - a failed commit or welcome is reported with op 31, then the session resets;
+  recoveries are at least a second apart (a gap that doubles while they keep
+  failing): one that comes sooner waits, so a commit that can never apply
+  cannot make the client and the server loop;
 - every ``davey`` call is guarded: what davey refuses (a garbage message, a
   protocol version it does not speak) is logged and counted
   (:attr:`DaveStats.protocol_errors`), never raised; a protocol version above
@@ -80,6 +83,12 @@ _TRANSITION_GRACE = 10.0
 _SETTLE_TIME = 2.0
 # The longest wait between two re-initialisations caused by decryption failures.
 _MAX_REINIT_BACKOFF = 320.0
+# Any two recoveries (op 31 and a new group) are this far apart at least, a
+# gap that doubles while they keep failing and is back to it once a transition
+# executes: a commit or welcome that can never apply (an external sender davey
+# refused, say) must not make the client and the server loop.
+_RECOVERY_GAP = 1.0
+_MAX_RECOVERY_GAP = 60.0
 
 # What davey raises on input it refuses (OverflowError: a user id out of range).
 _DAVEY_ERRORS = (ValueError, OverflowError, TypeError)
@@ -140,8 +149,11 @@ class DaveStats:
             davey call that failed (each logged; the message is ignored).
         recoveries: Re-initialisations with op 31 (after an invalid commit or
             welcome, or too many decryption failures in a row).
-        reinits_deferred: Times the decryption failures were past the
-            tolerance but a re-initialisation was held back by the backoff.
+        recoveries_deferred: Recoveries held back by a backoff: decryption
+            failures past the tolerance within ``reinit_backoff`` of the last
+            re-initialisation, or an invalid commit or welcome within the
+            recovery gap of the last recovery (that one is made once the gap
+            is over, unless a commit or welcome applies meanwhile).
         key_packages: Key packages sent (op 26).
     """
 
@@ -155,7 +167,7 @@ class DaveStats:
     proposal_failures: int = 0
     protocol_errors: int = 0
     recoveries: int = 0
-    reinits_deferred: int = 0
+    recoveries_deferred: int = 0
     key_packages: int = 0
 
 
@@ -221,6 +233,9 @@ class DaveManager:
         self._next_reinit = 0.0  # no failure-caused re-init before this
         self._backoff = reinit_backoff
         self._blamed: str | None = None  # whose failures caused the last re-init
+        self._next_recovery = 0.0  # no recovery of any kind before this
+        self._recovery_gap = _RECOVERY_GAP
+        self._deferred: int | None = None  # a recovery waiting for the gap to end
         self._outbox: list[GatewayMessage] = []
         self._transitions: list[DaveEpochTransition] = []
         # Counts key changes (a processed commit or welcome, an executed
@@ -309,6 +324,8 @@ class DaveManager:
         counted; the manager reports them to the gateway (op 31) where the
         protocol says so.
         """
+        if self._deferred is not None:
+            self._catch_up(now)
         match message:
             case DavePrepareTransition(protocol_version=version, transition_id=tid):
                 if self._supported(version, message):
@@ -365,6 +382,7 @@ class DaveManager:
         previous = self.protocol_version
         self.protocol_version = version
         self._last_transition_id = tid
+        self._recovery_gap = _RECOVERY_GAP  # the group works
         self._settled_at = now + _SETTLE_TIME
         if tid == self._joining:
             self._joining = None
@@ -425,9 +443,10 @@ class DaveManager:
                 tid,
                 exc,
             )
-            self._recover(tid)
+            self._recover(tid, now)
             return
         self._streak = 0
+        self._deferred = None  # whatever was wrong, this applied
         self.generation += 1
         if not was_ready:
             # Our first group: until now everyone sent plain frames (a member
@@ -441,14 +460,27 @@ class DaveManager:
         else:
             self._outbox.append(DaveTransitionReady(tid))
 
-    def _recover(self, tid: int) -> None:
+    def _recover(self, tid: int, now: float) -> None:
         """Report an invalid commit/welcome (op 31) and start over with a new key package.
 
         ``tid`` is sent as it is, 0 included: transition 0 is a transition.
+        Within the recovery gap of the last one it waits (:meth:`_catch_up`).
         """
+        if now < self._next_recovery:
+            self._deferred = tid
+            self.stats.recoveries_deferred += 1
+            return
+        self._deferred = None
+        self._next_recovery = now + self._recovery_gap
+        self._recovery_gap = min(self._recovery_gap * 2, _MAX_RECOVERY_GAP)
         self.stats.recoveries += 1
         self._outbox.append(DaveMlsInvalidCommitWelcome(tid))
         self._reinit()
+
+    def _catch_up(self, now: float) -> None:
+        """Make the recovery that waited for the recovery gap, once it is over."""
+        if self._deferred is not None and now >= self._next_recovery:
+            self._recover(self._deferred, now)
 
     def _reinit(self) -> None:
         """A new pending group and a key package (op 26); none without a DAVE version."""
@@ -575,6 +607,8 @@ class DaveManager:
         return DaveFailure.FAILED
 
     def _failed(self, user_id: str, why: str, now: float, *, retry: bool) -> None:
+        if self._deferred is not None:
+            self._catch_up(now)
         stats = self.stats
         stats.decrypt_failures += 1
         stats.failures_by_user[user_id] = stats.failures_by_user.get(user_id, 0) + 1
@@ -591,7 +625,7 @@ class DaveManager:
         if self._streak <= self.failure_tolerance:
             return
         if now < self._next_reinit:
-            stats.reinits_deferred += 1
+            stats.recoveries_deferred += 1
             return
         logger.warning(
             "%d DAVE decryption failures in a row (the last from user %s); "
@@ -603,4 +637,4 @@ class DaveManager:
         self._next_reinit = now + self._backoff
         self._backoff = min(self._backoff * 2, _MAX_REINIT_BACKOFF)
         self._blamed = user_id
-        self._recover(self._last_transition_id)
+        self._recover(self._last_transition_id, now)

@@ -358,7 +358,7 @@ def test_a_bad_sender_alone_reinitialises_at_a_backed_off_rate():
         call.run([(A, None)])  # op 31 and the new key package reach the service
         call.tick(2.0)  # the group takes A back
     assert 1 <= a.stats.recoveries <= 2  # 10 s, then 20 s apart; not every 2 s
-    assert a.stats.reinits_deferred > 0
+    assert a.stats.recoveries_deferred > 0
     assert a.ready
 
 
@@ -376,7 +376,7 @@ def test_the_backoff_resets_once_a_reinitialisation_helped():
     call.tick(10.0)
     for _ in range(4):
         a.decrypt(B, GARBAGE, call.now)
-    assert a.stats.recoveries == 2 and a.stats.reinits_deferred == 0
+    assert a.stats.recoveries == 2 and a.stats.recoveries_deferred == 0
 
 
 def test_a_retried_frame_is_not_counted_twice_towards_the_tolerance():
