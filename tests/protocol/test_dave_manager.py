@@ -407,3 +407,21 @@ def test_recovery_after_transition_0_reports_transition_0():
     assert out[0] == DaveMlsInvalidCommitWelcome(0)
     assert isinstance(out[1], DaveMlsKeyPackage)
     assert a.stats.recoveries == 1
+
+
+def test_recoveries_are_spaced_so_a_commit_that_never_applies_cannot_loop():
+    call, a, _ = established()
+    bad = DaveMlsAnnounceCommitTransition(transition_id=5, commit=b"garbage")
+    for _ in range(5):  # at once: one recovery, the rest wait
+        a.handle(bad, call.now)
+    assert (a.stats.recoveries, a.stats.recoveries_deferred) == (1, 4)
+    assert [m for m in sent_by(a) if isinstance(m, DaveMlsInvalidCommitWelcome)] == [
+        DaveMlsInvalidCommitWelcome(5)
+    ]
+    a.handle(bad, call.now + 0.5)  # still within the 1 s gap
+    a.handle(DaveExecuteTransition(transition_id=99), call.now + 1.0)  # any message: it is time
+    assert a.stats.recoveries == 2
+    a.handle(bad, call.now + 2.0)  # the gap doubled: 2 s now
+    assert a.stats.recoveries == 2
+    a.handle(bad, call.now + 3.0)
+    assert a.stats.recoveries == 3
