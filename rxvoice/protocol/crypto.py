@@ -230,12 +230,10 @@ class TransportCipher:
         if plaintext is None:
             return OpenFailure.UNDECRYPTABLE
         header = RtpHeader.parse(datagram)  # cannot fail: the lengths were checked
-        if header.padding or header.extension_profile is not None:
-            try:
-                return RtpPacket.from_plaintext(header, plaintext)
-            except MalformedPacket:  # authentic, but malformed: rare
-                return OpenFailure.MALFORMED
-        return RtpPacket(header, plaintext)
+        try:
+            return RtpPacket.from_plaintext(header, plaintext)
+        except MalformedPacket:  # authentic, but bad padding or extension length: rare
+            return OpenFailure.MALFORMED
 
     def _decrypt(self, datagram: bytes, hlen: int) -> bytes | None:
         """The AEAD step: the plaintext, or ``None`` when authentication fails.

@@ -90,6 +90,8 @@ _MAX_REINIT_BACKOFF = 320.0
 _RECOVERY_GAP = 1.0
 _MAX_RECOVERY_GAP = 60.0
 
+_AUDIO = davey.MediaType.audio
+
 # What davey raises on input it refuses (OverflowError: a user id out of range).
 _DAVEY_ERRORS = (ValueError, OverflowError, TypeError)
 
@@ -567,7 +569,7 @@ class DaveManager:
             self._failed(user_id, "no established DAVE group", now, retry=retry)
             return None
         try:
-            opus = session.decrypt(int(user_id), davey.MediaType.audio, frame)
+            opus = session.decrypt(int(user_id), _AUDIO, frame)
         except _DAVEY_ERRORS as exc:
             self._failed(user_id, str(exc), now, retry=retry)
             return None

@@ -595,6 +595,8 @@ class VoiceReceiver:
         self._now = now
         if now >= self._summary_due:
             self._summarise(now)
+        for gone in self._idle.expired(now):  # at most once per ``forget_after``
+            self._forget_ssrc(gone)
         return out
 
     def _new_jitter(self) -> JitterBuffer[AudioFrame]:
@@ -654,11 +656,8 @@ class VoiceReceiver:
         if not self.reorder:
             return
         ssrc = frame.ssrc
-        idle = self._idle
-        if idle.touch(ssrc, now):
+        if self._idle.touch(ssrc, now):
             self._forget_ssrc(ssrc)  # back after a quiet spell: start afresh
-        for gone in idle.expired(now):
-            self._forget_ssrc(gone)
         jitter = self.jitters.get(ssrc)
         if jitter is None:
             jitter = self.jitters[ssrc] = self._new_jitter()
