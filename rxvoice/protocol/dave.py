@@ -224,9 +224,10 @@ class DaveManager:
         self._pending: dict[int, int] = {}  # transition id -> protocol version
         self._prepared_at = 0.0  # when the latest transition was prepared
         self._settled_at = 0.0  # when frames of the keys before the latest transition stop
-        # Until when failures are from before we (re)joined: infinite from our
-        # first welcome until its transition executes, then that plus the settle time.
-        self._joined_at = float("inf")
+        # Until when failures are from before we (re)joined: from a (re)start
+        # or our welcome until its transition executes (bounded by the
+        # transition grace, should it never execute), then the settle time.
+        self._joining_until = float("inf")
         self._joining: int | None = None  # the transition id that brings us into the group
         self._passthrough_until = 0.0
         self._last_transition_id = 0
@@ -388,7 +389,7 @@ class DaveManager:
         self._settled_at = now + _SETTLE_TIME
         if tid == self._joining:
             self._joining = None
-            self._joined_at = now + _SETTLE_TIME
+            self._joining_until = now + _SETTLE_TIME
         self.generation += 1
         if version == 0:
             self._passthrough_until = float("inf")
@@ -454,7 +455,7 @@ class DaveManager:
             # Our first group: until now everyone sent plain frames (a member
             # without a group does), and some are still in flight.
             self._passthrough_until = max(self._passthrough_until, now + self.upgrade_passthrough)
-            self._joining, self._joined_at = tid, float("inf")
+            self._joining, self._joining_until = tid, now + _TRANSITION_GRACE
         self._pending[tid] = self.protocol_version or self.max_protocol_version
         self._prepared_at = now
         if tid == 0:
@@ -487,7 +488,7 @@ class DaveManager:
     def _reinit(self) -> None:
         """A new pending group and a key package (op 26); none without a DAVE version."""
         self._streak = 0
-        self._joining, self._joined_at = None, float("inf")
+        self._joining, self._joining_until = None, float("inf")  # bounded at our welcome
         if self.protocol_version <= 0:
             # No group to join at version 0 (a downgrade was executed): drop ours.
             self._drop_session()
@@ -598,7 +599,7 @@ class DaveManager:
     def failure_cause(self, now: float) -> DaveFailure:
         """Why a frame that failed decryption at ``now`` failed (see :class:`DaveFailure`)."""
         session = self.session
-        if session is None or not session.ready or now < self._joined_at:
+        if session is None or not session.ready or now < self._joining_until:
             return DaveFailure.NOT_IN_GROUP
         if (
             self.protocol_version == 0
