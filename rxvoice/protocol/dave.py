@@ -285,6 +285,19 @@ class DaveManager:
         """Whether :meth:`poll` has messages to send or transitions to report."""
         return bool(self._outbox or self._transitions)
 
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` has something to do (a recovery that waits), or ``None``."""
+        return self._next_recovery if self._deferred is not None else None
+
+    def tick(self, now: float) -> None:
+        """Do what is due at ``now``: a recovery that waited for the recovery gap.
+
+        Handling a message or a failing frame does it too; this is for a call
+        where neither comes.
+        """
+        if self._deferred is not None:
+            self._catch_up(now)
+
     def poll(self) -> DaveOutput:
         """Hand out (and forget) the messages to send and the transitions executed."""
         out = DaveOutput(tuple(self._outbox), tuple(self._transitions))

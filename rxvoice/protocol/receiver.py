@@ -522,6 +522,9 @@ class VoiceReceiver:
         summary = self._summary_due
         if summary != float("inf"):
             deadline = summary if deadline is None else min(deadline, summary)
+        dave = self.dave.next_deadline() if self.dave is not None else None
+        if dave is not None:
+            deadline = dave if deadline is None else min(deadline, dave)
         jitters = self.jitters
         for ssrc in list(self._waiting):
             due = jitters[ssrc].next_deadline()
@@ -535,7 +538,8 @@ class VoiceReceiver:
         """Do what is due at ``now``, and retry DAVE frames if the keys changed since.
 
         Call it at :meth:`next_deadline`, and after handing the DAVE manager a
-        gateway message (new keys open waiting frames).
+        gateway message (new keys open waiting frames). It also runs the DAVE
+        manager's own deadline (:meth:`DaveManager.tick`).
 
         Args:
             now: The current time in seconds.
@@ -546,6 +550,10 @@ class VoiceReceiver:
             frames held behind them), and summaries of the problems reported.
         """
         out = self._start(now)
+        if self.dave is not None:
+            self.dave.tick(
+                now
+            )  # a DAVE recovery that waited (its messages go out with the next flush)
         self._check_keys(now)
         if self._hold:
             self._unhold(now, now)

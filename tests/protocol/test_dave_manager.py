@@ -425,3 +425,15 @@ def test_recoveries_are_spaced_so_a_commit_that_never_applies_cannot_loop():
     assert a.stats.recoveries == 2
     a.handle(bad, call.now + 3.0)
     assert a.stats.recoveries == 3
+
+
+def test_a_waiting_recovery_has_a_deadline_for_a_call_where_nothing_comes():
+    call, a, _ = established()
+    bad = DaveMlsAnnounceCommitTransition(transition_id=5, commit=b"garbage")
+    a.handle(bad, call.now)
+    a.handle(bad, call.now)
+    assert a.next_deadline() == call.now + 1.0
+    a.tick(call.now + 0.5)
+    assert a.stats.recoveries == 1
+    a.tick(call.now + 1.0)
+    assert a.stats.recoveries == 2 and a.next_deadline() is None

@@ -16,7 +16,7 @@ from rxvoice.errors import UsageError
 from rxvoice.events import AudioFrame, AudioGap, DiagnosticKind
 from rxvoice.protocol.crypto import EncryptionMode, TransportCipher
 from rxvoice.protocol.dave import DaveManager
-from rxvoice.protocol.gateway import GatewayMessage
+from rxvoice.protocol.gateway import DaveMlsAnnounceCommitTransition, GatewayMessage
 from rxvoice.protocol.receiver import REPLAY_WINDOW, RETRY_WINDOW, Received, VoiceReceiver
 from rxvoice.protocol.rtp import SILENCE_FRAME, RtpHeader, build_header
 from tests.protocol.test_dave_manager import OPUS, A, B, C, Call
@@ -621,3 +621,16 @@ def test_the_bad_packet_path_raises_only_inside_the_aead_step():
     assert set(raised) == {"_decrypt: InvalidTag"}
     assert len(raised) == 50
     assert (rx.stats.undecryptable_packets, rx.stats.malformed_packets) == (50, 50)
+
+
+def test_the_receiver_runs_the_dave_managers_deadline():
+    call = Call()
+    a = call.join(A)
+    call.join(B)
+    rx = dave_receiver(a)
+    bad = DaveMlsAnnounceCommitTransition(transition_id=5, commit=b"garbage")
+    a.handle(bad, T0)
+    a.handle(bad, T0)
+    assert rx.next_deadline() == T0 + 1.0
+    rx.poll(T0 + 1.0)
+    assert a.stats.recoveries == 2
