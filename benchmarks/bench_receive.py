@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import multiprocessing
 import os
+import random
 import socket
 import time
 import timeit
@@ -27,6 +30,7 @@ from rxvoice.protocol.gateway import (
     DaveTransitionReady,
     GatewayMessage,
 )
+from rxvoice.protocol.receiver import VoiceReceiver
 from rxvoice.protocol.rtp import build_header
 from rxvoice.protocol.session import VoiceServerInfo
 from rxvoice.secret import Secret
@@ -121,6 +125,51 @@ def bench_dave(repeat: int) -> None:
         "/frame",
     )
     assert receiver.decrypt("1001", frame, 0.0) is None  # a replay is refused
+
+
+def _bad_packets() -> dict[str, list[bytes]]:
+    """1,000 datagrams of each kind a hostile network sends (SSRC 1 is a real sender)."""
+    rng = random.Random(5)
+    key = bytes(range(32))
+    cipher = TransportCipher(EncryptionMode.AEAD_AES256_GCM_RTPSIZE, key)
+    valid = cipher.seal(build_header(7, 7 * 960, 1), OPUS, 8)
+    return {
+        "bad tag, unknown SSRC": [
+            build_header(rng.randrange(1 << 16), 0, rng.randrange(1 << 32)) + rng.randbytes(140)
+            for _ in range(1000)
+        ],
+        "truncated RTP": [valid[: rng.randrange(13, 31)] for _ in range(1000)],
+        "replay of a real packet": [valid] * 1000,
+        "random bytes": [rng.randbytes(rng.randint(1, 200)) for _ in range(1000)],
+    }
+
+
+def bench_bad_packets(repeat: int) -> None:
+    """The receiver's cost per bad datagram, someone listening to diagnostics.
+
+    Without and with DEBUG logging to a file (/dev/null): the per-packet log
+    line is what a flood used to cost most.
+    """
+    key = bytes(range(32))
+    cipher = TransportCipher(EncryptionMode.AEAD_AES256_GCM_RTPSIZE, key)
+    logger = logging.getLogger("rxvoice")
+    for debug in (False, True):
+        with open(os.devnull, "w") as sink, contextlib.ExitStack() as undo:
+            if debug:
+                handler = logging.StreamHandler(sink)
+                logger.addHandler(handler)
+                logger.setLevel(logging.DEBUG)
+                undo.callback(logger.removeHandler, handler)
+                undo.callback(logger.setLevel, logging.NOTSET)
+            for name, batch in _bad_packets().items():
+                receiver = VoiceReceiver(cipher, user_of={1: "1001"}.get)
+                receiver.receive(batch[:1], 0.0)  # the real packet's first copy, for the replays
+
+                def flood(receiver: VoiceReceiver = receiver, batch: list[bytes] = batch) -> None:
+                    receiver.receive(batch, 0.5)
+
+                us = best_us(flood, 1, repeat * 4) / len(batch)
+                report(f"bad packet: {name}{' (DEBUG log)' if debug else ''}", us)
 
 
 # One at a time, each join makes every member build a commit (O(N²) commits of O(N)
@@ -265,6 +314,7 @@ def main() -> None:
         f"Connection receive path, DAVE ({DAVE_SPEAKERS} speakers; both decryptions, jitter, emit)",
         asyncio.run(_receive_path_us(args.repeat)),
     )
+    bench_bad_packets(args.repeat)
     for batch in (False, True):
         name = "UdpTransport batch drain" if batch else "asyncio DatagramProtocol"
         us = asyncio.run(_udp_us(batch, args.seconds))

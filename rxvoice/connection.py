@@ -46,6 +46,7 @@ from rxvoice._voice.session import Session
 from rxvoice.errors import ConnectionClosed, ReconnectInProgress, UsageError
 from rxvoice.events import (
     AudioFrame,
+    AudioGap,
     ClientConnect,
     ClientDisconnect,
     ConnectionState,
@@ -126,8 +127,9 @@ class Connection:
         jitter_latency: Seconds a jitter buffer waits for a missing packet.
         jitter_capacity: Packets a jitter buffer may hold per SSRC.
         unmapped_hold: Seconds packets from an SSRC without a known user are held.
-        dave_failure_tolerance: DAVE decryption failures in a row tolerated per
-            user before the DAVE session re-initialises.
+        dave_failure_tolerance: DAVE decryption failures in a row (in a settled
+            group, nothing decrypted in between) tolerated before the DAVE
+            session re-initialises (rate-limited: see ``DaveManager``).
         max_missed_heartbeats: Unacknowledged heartbeats before resuming.
         keepalive_interval: Seconds between UDP keepalives, which keep the
             media path open (NAT bindings, the voice server) through silence.
@@ -215,6 +217,7 @@ class Connection:
         self._on_dave_epoch_transition: EventStream[DaveEpochTransition] = EventStream()
         self._on_raw_audio_frame: EventStream[AudioFrame] = EventStream()
         self._on_audio_frame: EventStream[AudioFrame] = EventStream()
+        self._on_audio_gap: EventStream[AudioGap] = EventStream()
         self._on_diagnostic: EventStream[Diagnostic] = EventStream()
         self._streams: tuple[EventStream[Any] | StateStream[Any], ...] = (
             self._state,
@@ -229,6 +232,7 @@ class Connection:
             self._on_dave_epoch_transition,
             self._on_raw_audio_frame,
             self._on_audio_frame,
+            self._on_audio_gap,
             self._on_diagnostic,
         )
 
@@ -354,6 +358,15 @@ class Connection:
     def on_audio_frame(self) -> Observable[AudioFrame]:
         """Audio packets after the per-SSRC jitter buffer: in order, duplicates dropped."""
         return self._on_audio_frame
+
+    @property
+    def on_audio_gap(self) -> Observable[AudioGap]:
+        """Holes in :attr:`on_audio_frame`'s per-user streams (loss, or frames lost to DAVE).
+
+        Each is emitted where it falls among :attr:`on_audio_frame`'s values,
+        and counted in ``stats.frames_lost`` (``frames_lost_to_dave``).
+        """
+        return self._on_audio_gap
 
     @property
     def on_diagnostic(self) -> Observable[Diagnostic]:

@@ -134,7 +134,12 @@ class AudioFrame:
 
 @dataclass(frozen=True, slots=True)
 class AudioGap:
-    """Packets that a jitter buffer gave up waiting for.
+    """Packets that a jitter buffer gave up waiting for: a hole in a user's stream.
+
+    A recording can mark the hole (``timestamp`` says where, ``count`` how
+    long); a decoder conceals it. :attr:`rxvoice.Connection.on_audio_gap`
+    emits them, and ``conn.stats.frames_lost`` / ``frames_lost_to_dave`` add
+    them up.
 
     Attributes:
         user_id: The sending user, or ``None`` when unknown.
@@ -142,6 +147,9 @@ class AudioGap:
         sequence: The first missing sequence number.
         count: How many consecutive packets are missing.
         timestamp: The expected RTP timestamp of the first missing packet.
+        dave_lost: How many of the missing packets did arrive but could not
+            be DAVE-decrypted in time (around a DAVE transition, say); the
+            rest were lost on the network or arrived too late.
     """
 
     user_id: str | None
@@ -149,6 +157,7 @@ class AudioGap:
     sequence: int
     count: int
     timestamp: int
+    dave_lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +228,13 @@ class DiagnosticKind(enum.StrEnum):
     """The UDP socket or IP discovery failed (the connection retries)."""
     NO_KEYS = "no_keys"
     """A datagram arrived before the session description brought the keys."""
+    MALFORMED_PACKET = "malformed_packet"
+    """An RTP datagram too malformed to be read (truncated, bad lengths)."""
     UNDECRYPTABLE_PACKET = "undecryptable_packet"
-    """An RTP datagram failed transport decryption or was malformed."""
+    """An RTP datagram failed transport authentication (wrong key, corrupt, forged)."""
+    REPLAYED_PACKET = "replayed_packet"
+    """An authentic RTP packet received before (a network duplicate or a
+    replay), or older than the replay window: dropped before DAVE."""
     DAVE_DECRYPT_FAILED = "dave_decrypt_failed"
     """A frame's end-to-end (DAVE) layer could not be removed."""
     LATE_PACKET = "late_packet"
@@ -235,18 +249,25 @@ class DiagnosticKind(enum.StrEnum):
 class Diagnostic:
     """A problem the connection survived (counted, logged, then carried on).
 
+    Floods are summarised: the receive path reports the first problem of a
+    kind at once, and the rest of that second in one diagnostic whose
+    :attr:`count` says how many it stands for (``conn.stats`` counts each one).
+
     Attributes:
         kind: What happened; a :class:`DiagnosticKind` (equal to its string,
             e.g. ``"undecryptable_packet"``).
         detail: A human-readable description (never contains secrets).
         ssrc: The SSRC concerned, when there is one.
         user_id: The user concerned, when known.
+        count: How many occurrences this diagnostic reports (more than 1 for a
+            rate-limited summary).
     """
 
     kind: DiagnosticKind
     detail: str
     ssrc: int | None = None
     user_id: str | None = None
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True, eq=False)

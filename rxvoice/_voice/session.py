@@ -163,11 +163,17 @@ class Session:
         conn = self.conn
         if received.raw:
             conn._on_raw_audio_frame.on_next_all(received.raw)
-        if received.ordered and conn._on_audio_frame.observers:
-            # Gap markers are not emitted: on_audio_frame carries frames only,
-            # and a decoder sees a loss from the sequence numbers.
-            frames = [item for item in received.ordered if isinstance(item, AudioFrame)]
-            conn._on_audio_frame.on_next_all(frames)
+        ordered = received.ordered
+        if ordered and (conn._on_audio_frame.observers or conn._on_audio_gap.observers):
+            frames = [item for item in ordered if isinstance(item, AudioFrame)]
+            if len(frames) == len(ordered):
+                conn._on_audio_frame.on_next_all(frames)
+            else:  # gap markers go on their own stream, each where it falls among the frames
+                for item in ordered:
+                    if isinstance(item, AudioFrame):
+                        conn._on_audio_frame.on_next(item)
+                    else:
+                        conn._on_audio_gap.on_next(item)
         if received.diagnostics:
             conn._on_diagnostic.on_next_all(received.diagnostics)
 

@@ -28,6 +28,7 @@ from nacl.exceptions import CryptoError
 from rxvoice.errors import DecryptionError, MalformedPacket, ProtocolError, UsageError
 from rxvoice.protocol.rtp import (
     RTP_HEADER_SIZE,
+    RTP_VERSION,
     RtpHeader,
     RtpPacket,
     build_header,
@@ -38,6 +39,7 @@ __all__ = [
     "NONCE_SUFFIX_SIZE",
     "TAG_SIZE",
     "EncryptionMode",
+    "OpenFailure",
     "RtpCrypto",
     "TransportCipher",
     "choose_mode",
@@ -54,6 +56,7 @@ NONCE_SUFFIX_SIZE = 4
 
 _U32 = 1 << 32
 _U16 = 1 << 16
+_OVERHEAD = TAG_SIZE + NONCE_SUFFIX_SIZE
 
 
 class EncryptionMode(enum.StrEnum):
@@ -84,6 +87,16 @@ def choose_mode(offered: Iterable[str]) -> EncryptionMode:
         if mode.value in names:
             return mode
     raise ProtocolError(f"server offers no supported encryption mode (offered: {sorted(names)})")
+
+
+class OpenFailure(enum.Enum):
+    """Why :meth:`TransportCipher.try_open` could not open a datagram."""
+
+    MALFORMED = "malformed"
+    """Not a well-formed rtpsize RTP packet: a bad header, too short for the
+    tag and nonce, or (once authenticated) bad padding or extension length."""
+    UNDECRYPTABLE = "undecryptable"
+    """Authentication failed: a wrong key, a corrupted or a forged packet."""
 
 
 class TransportCipher:
@@ -172,33 +185,72 @@ class TransportCipher:
                 and nonce, or bad padding or extension length.
             DecryptionError: Authentication failed (wrong key, tampering).
         """
-        if type(datagram) is not bytes:  # a bytearray or memoryview from a user's stream
+        result = self.try_open(datagram)
+        if type(result) is RtpPacket:
+            return result
+        # The slow path, for callers that want the reason: say what is wrong.
+        if type(datagram) is not bytes:
             datagram = bytes(datagram)
-        header = RtpHeader.parse(datagram)
-        # header.size, computed from byte 0 (already validated by parse).
-        b0 = datagram[0]
-        hlen = RTP_HEADER_SIZE + 4 * (b0 & 0x0F) + (4 if b0 & 0x10 else 0)
-        if len(datagram) < hlen + TAG_SIZE + NONCE_SUFFIX_SIZE:
+        header = RtpHeader.parse(datagram)  # raises on a bad header
+        if len(datagram) < header.size + _OVERHEAD:
             raise MalformedPacket(
                 f"encrypted RTP packet too short ({len(datagram)} bytes) for tag and nonce"
             )
+        plaintext = self._decrypt(datagram, header.size)
+        if plaintext is None:
+            raise DecryptionError(
+                f"transport decryption failed (ssrc={header.ssrc}, seq={header.sequence})"
+            )
+        return RtpPacket.from_plaintext(header, plaintext)  # raises on bad padding or extension
+
+    def try_open(self, datagram: bytes) -> RtpPacket | OpenFailure:
+        """Decrypt one RTP datagram, or say why not, without raising.
+
+        :meth:`open` for the receive path: a flood of bad datagrams costs no
+        exception object (beyond the one the AEAD library raises internally)
+        and no message.
+
+        Args:
+            datagram: The received datagram.
+
+        Returns:
+            The packet, or why it could not be opened.
+        """
+        if type(datagram) is not bytes:  # a bytearray or memoryview from a user's stream
+            datagram = bytes(datagram)
+        n = len(datagram)
+        if n < RTP_HEADER_SIZE:
+            return OpenFailure.MALFORMED
+        b0 = datagram[0]
+        # The clear header's size (the AAD), from byte 0 alone: CSRCs and the extension preamble.
+        hlen = RTP_HEADER_SIZE + 4 * (b0 & 0x0F) + (4 if b0 & 0x10 else 0)
+        if b0 >> 6 != RTP_VERSION or n < hlen + _OVERHEAD:
+            return OpenFailure.MALFORMED
+        plaintext = self._decrypt(datagram, hlen)
+        if plaintext is None:
+            return OpenFailure.UNDECRYPTABLE
+        header = RtpHeader.parse(datagram)  # cannot fail: the lengths were checked
+        try:
+            return RtpPacket.from_plaintext(header, plaintext)
+        except MalformedPacket:  # authentic, but bad padding or extension length: rare
+            return OpenFailure.MALFORMED
+
+    def _decrypt(self, datagram: bytes, hlen: int) -> bytes | None:
+        """The AEAD step: the plaintext, or ``None`` when authentication fails.
+
+        The one place on the receive path where an exception is raised for a
+        bad packet (the AEAD libraries raise on a bad tag); it stays here.
+        """
         nonce = datagram[-NONCE_SUFFIX_SIZE:] + self._pad
         aes = self._aes
         try:
             if aes is not None:
-                plaintext = aes.decrypt(nonce, datagram[hlen:-NONCE_SUFFIX_SIZE], datagram[:hlen])
-            else:
-                plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(
-                    bytes(datagram[hlen:-NONCE_SUFFIX_SIZE]),
-                    bytes(datagram[:hlen]),
-                    nonce,
-                    self._key,
-                )
+                return aes.decrypt(nonce, datagram[hlen:-NONCE_SUFFIX_SIZE], datagram[:hlen])
+            return crypto_aead_xchacha20poly1305_ietf_decrypt(
+                datagram[hlen:-NONCE_SUFFIX_SIZE], datagram[:hlen], nonce, self._key
+            )
         except (InvalidTag, CryptoError):
-            raise DecryptionError(
-                f"transport decryption failed (ssrc={header.ssrc}, seq={header.sequence})"
-            ) from None
-        return RtpPacket.from_plaintext(header, plaintext)
+            return None
 
 
 class RtpCrypto:

@@ -13,8 +13,14 @@ The steps, in order:
 
 1. **classify**: RTCP, keepalives and other non-RTP datagrams are counted and dropped.
 2. **transport open**: the session's :class:`~rxvoice.protocol.crypto.TransportCipher`
-   removes the AEAD layer, RTP padding and the header-extension body; a
-   non-Opus payload type is counted and dropped.
+   removes the AEAD layer, RTP padding and the header-extension body
+   (:meth:`~rxvoice.protocol.crypto.TransportCipher.try_open`: a bad packet
+   costs no exception object); a non-Opus payload type is counted and dropped.
+   Then the **replay window**: an authentic packet whose transport nonce was
+   seen before for its SSRC (a network duplicate, or a replay), or that is
+   older than the window (``REPLAY_WINDOW`` nonces, as SRTP does with its
+   packet index), is dropped here, before DAVE could count it as a failure and
+   before a jitter buffer could take an old sequence for a sender restart.
 3. **attribution**: the SSRC is looked up in :attr:`VoiceReceiver.ssrcs` (op 5
    fills it through :meth:`VoiceReceiver.map`). Packets of an SSRC not mapped
    yet are held, bounded in count and age (``hold_time``); when their
@@ -25,14 +31,23 @@ The steps, in order:
    been sealed with keys of a commit not processed yet: it is kept
    (``retry_window`` seconds, ``retry_limit`` frames in all) and tried again
    once the manager's keys change (:attr:`DaveManager.generation`); what still
-   fails then, or ages out, counts as a DAVE failure. A frame of an
+   fails then, or ages out, counts as a DAVE failure, by the cause the manager
+   gave when it arrived (:class:`~rxvoice.protocol.dave.DaveFailure`: before
+   we joined the group, around a transition, or a real failure). A frame of an
    unattributed SSRC is only opened when no key is needed (silence, plain
    frames in a call without DAVE): ciphertext is never passed on.
 5. **jitter buffer**: one :class:`~rxvoice.protocol.jitter.JitterBuffer` per
    SSRC puts frames back in sequence order with :class:`~rxvoice.events.AudioGap`
-   markers for losses; the first frame after a sender restart carries
+   markers for losses (``dave_lost`` says how many of the missing frames
+   arrived but failed DAVE); the first frame after a sender restart carries
    ``resynced=True``. The buffer of an SSRC quiet for ``forget_after``
    seconds is flushed and forgotten (SSRCs churn in a long call).
+
+Problems are counted one by one in :class:`ReceiverStats`, but reported
+(:class:`~rxvoice.events.Diagnostic`, and a debug log line) at most once per
+kind and SSRC per ``diagnostic_interval``: the first at once, the rest in one
+summary whose ``count`` says how many, so a flood of bad datagrams costs a
+counter increment each.
 
 Operators use parts of it: ``decrypt`` steps 1-4 (no hold, its own
 ``user_of``), ``jitter_buffer`` step 5 (:meth:`VoiceReceiver.push`).
@@ -41,13 +56,15 @@ Operators use parts of it: ``decrypt`` steps 1-4 (no hold, its own
 from __future__ import annotations
 
 import logging
+import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from rxvoice.errors import ProtocolError
 from rxvoice.events import AudioFrame, AudioGap, Diagnostic, DiagnosticKind
+from rxvoice.protocol.crypto import NONCE_SUFFIX_SIZE, OpenFailure
+from rxvoice.protocol.dave import DaveFailure
 from rxvoice.protocol.daveframe import is_dave_frame
 from rxvoice.protocol.jitter import (
     DEFAULT_CAPACITY,
@@ -57,6 +74,7 @@ from rxvoice.protocol.jitter import (
     Release,
 )
 from rxvoice.protocol.rtp import OPUS_PAYLOAD_TYPE, DatagramKind, RtpPacket, classify
+from rxvoice.protocol.seq import SEQ_MOD
 from rxvoice.protocol.ssrcmap import SsrcMap
 
 if TYPE_CHECKING:
@@ -64,7 +82,9 @@ if TYPE_CHECKING:
     from rxvoice.protocol.dave import DaveManager
 
 __all__ = [
+    "DIAGNOSTIC_INTERVAL",
     "IDLE_FORGET",
+    "REPLAY_WINDOW",
     "RETRY_LIMIT",
     "RETRY_WINDOW",
     "IdleStreams",
@@ -83,6 +103,21 @@ RETRY_LIMIT = 256
 
 IDLE_FORGET = 60.0
 """Seconds without a packet after which an SSRC's state (jitter buffer, decoder) is forgotten."""
+
+REPLAY_WINDOW = 2048
+"""Transport nonces remembered per SSRC (the SFU counts nonces per recipient, so
+this spans all senders: 0.4 s of 100 speakers, 40 s of one); an older packet is
+dropped as stale."""
+
+DIAGNOSTIC_INTERVAL = 1.0
+"""Seconds over which problems of one kind (and SSRC) are reported once, then summarised."""
+
+_MAX_WINDOWS = 4096  # SSRCs with a replay window at once (SSRCs only come from authentic packets)
+_DAVE_LOST_MARKS = 256  # sequences remembered per SSRC as lost to DAVE, until a gap covers them
+_U32 = 0xFFFF_FFFF
+_HALF = 1 << 31
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
+_NONCE_AT = struct.Struct(">I").unpack_from
 
 _K = TypeVar("_K")
 
@@ -137,20 +172,45 @@ class IdleStreams(Generic[_K]):
 class ReceiverStats:
     """What a receiver counted (a :class:`rxvoice.ConnectionStats` adds the rest).
 
+    Every datagram lands in exactly one of: ``rtcp_received``,
+    ``other_datagrams``, ``malformed_packets``, ``undecryptable_packets``,
+    ``replayed_packets``, ``stale_packets``, or a frame (passed on, held, or
+    counted by one of the ``dave_*`` counters).
+
     Attributes:
         packets_received: RTP datagrams (RTCP, keepalives and others excluded).
         packets_decrypted: RTP packets with an Opus payload that passed
-            transport decryption.
+            transport decryption (replays included).
         rtcp_received: RTCP datagrams (counted, not interpreted).
         other_datagrams: Keepalive echoes, unknown datagrams and RTP packets
             of another payload type.
-        malformed_packets: RTP packets too malformed to be read.
-        undecryptable_packets: RTP packets that failed transport decryption.
-        dave_failures: Frames whose DAVE layer could not be removed (after the
-            retry, when one was due).
+        malformed_packets: RTP-looking datagrams too malformed to be read:
+            truncated, too short for the tag and nonce, bad CSRC, extension or
+            padding lengths.
+        undecryptable_packets: RTP packets that failed transport
+            authentication: a wrong key, corruption, forgery.
+        replayed_packets: Authentic packets received before (network
+            duplicates and replays cannot be told apart): dropped before DAVE.
+        stale_packets: Authentic packets older than the replay window
+            (:data:`REPLAY_WINDOW` nonces): very late, or replayed.
+        dave_failures: Frames of a known sender whose DAVE layer could not be
+            removed in a settled group (after the retry): real failures, not
+            expected in a healthy call.
+        dave_failures_before_join: Frames that failed because we were not in
+            the DAVE group yet when they arrived (sealed before we joined:
+            expected, a handful at a join or after a re-initialisation).
+        dave_failures_in_transition: Frames that failed around a DAVE
+            transition (keys switching, a downgrade): expected in small numbers.
         dave_retried: Frames that failed DAVE decryption first and opened
             once new keys arrived.
-        unmapped_expired: Packets whose SSRC got no user within the hold.
+        unmapped_expired: Packets whose SSRC got no user within the hold; they
+            go on without a user, except DAVE frames, which need the sender's
+            key and are dropped.
+        frames_lost: Frames the jitter buffers gave up on (the sum of the
+            :class:`~rxvoice.events.AudioGap` counts): network loss, frames
+            too late, and frames lost to DAVE.
+        frames_lost_to_dave: Of :attr:`frames_lost`, frames that arrived but
+            could not be DAVE-decrypted in time (``AudioGap.dave_lost``).
     """
 
     packets_received: int = 0
@@ -159,9 +219,15 @@ class ReceiverStats:
     other_datagrams: int = 0
     malformed_packets: int = 0
     undecryptable_packets: int = 0
+    replayed_packets: int = 0
+    stale_packets: int = 0
     dave_failures: int = 0
+    dave_failures_before_join: int = 0
+    dave_failures_in_transition: int = 0
     dave_retried: int = 0
     unmapped_expired: int = 0
+    frames_lost: int = 0
+    frames_lost_to_dave: int = 0
 
 
 @dataclass(slots=True)
@@ -172,7 +238,8 @@ class Received:
         raw: Decrypted frames in arrival order (for ``on_raw_audio_frame``).
         ordered: Frames and gap markers in sequence order per SSRC, as the
             jitter buffers released them (empty without reordering).
-        diagnostics: Problems survived (only when :attr:`VoiceReceiver.diagnose`).
+        diagnostics: Problems survived (only when :attr:`VoiceReceiver.diagnose`),
+            rate-limited (see the module docstring).
     """
 
     raw: list[AudioFrame] = field(default_factory=list)
@@ -182,10 +249,38 @@ class Received:
 
 # A held packet: when it arrived, and the packet.
 _Held = tuple[float, RtpPacket]
+# A frame waiting for new DAVE keys: when it arrived, its sender, the packet,
+# and why it failed when it arrived.
+_Retry = tuple[float, str, RtpPacket, DaveFailure]
+
+_MALFORMED = "malformed RTP packet (truncated, or bad lengths)"
+_UNDECRYPTABLE = "transport authentication failed (wrong key, corrupted or forged)"
+_REPLAYED = "packet received before (a duplicate or a replay): dropped"
+_STALE = "packet older than the replay window: dropped"
+_NO_SENDER = "DAVE frame of an SSRC no op 5 mapped: no sender key, dropped"
+_DAVE_DETAIL = {
+    DaveFailure.FAILED: "frame could not be DAVE-decrypted",
+    DaveFailure.NOT_IN_GROUP: "frame could not be DAVE-decrypted (sealed before we joined)",
+    DaveFailure.TRANSITION: "frame could not be DAVE-decrypted (lost to a DAVE transition)",
+}
+
+
+class _Tally:
+    """One reported problem's window: what came after the first report, to summarise."""
+
+    __slots__ = ("detail", "end", "kind", "ssrc", "suppressed", "user")
+
+    def __init__(
+        self, end: float, kind: DiagnosticKind, detail: str, ssrc: int | None, user: str | None
+    ) -> None:
+        self.end, self.suppressed = end, 0
+        self.kind, self.detail, self.ssrc, self.user = kind, detail, ssrc, user
 
 
 class VoiceReceiver:
     """Every receive step of one voice session: see the module docstring.
+
+    Nothing raises on input (only a raising ``user_of`` callback propagates).
 
     Args:
         cipher: The transport cipher; ``None`` until the session description
@@ -211,6 +306,7 @@ class VoiceReceiver:
             :class:`ReceiverStats` by default.
         counts: Also count every event by name (a diagnostic's kind, or
             ``not_rtp_<kind>``, ``not_opus``), as the operators' ``stats`` do.
+        diagnostic_interval: See :data:`DIAGNOSTIC_INTERVAL`.
 
     Raises:
         UsageError: A jitter-buffer argument is out of range.
@@ -234,6 +330,7 @@ class VoiceReceiver:
         forget_after: float = IDLE_FORGET,
         stats: ReceiverStats | None = None,
         counts: Counter[str] | None = None,
+        diagnostic_interval: float = DIAGNOSTIC_INTERVAL,
     ) -> None:
         self.cipher = cipher
         self.dave = dave
@@ -250,13 +347,22 @@ class VoiceReceiver:
         # SSRCs whose buffer may hold something (a subset of the jitters' keys).
         self._waiting: set[int] = set()
         self._idle: IdleStreams[int] = IdleStreams(forget_after)
+        # Replay windows per SSRC: [highest nonce, bitmap of the nonces seen
+        # below it, bit i for highest - i], as SRTP keeps them.
+        self._windows: dict[int, list[int]] = {}
         self.retry_window, self.retry_limit = retry_window, retry_limit
-        self._retry: deque[tuple[float, str, RtpPacket]] = deque()
+        self._retry: deque[_Retry] = deque()
         self._generation = dave.generation if dave is not None else 0
+        # Sequences per SSRC whose frame failed DAVE, until a gap marker covers them.
+        self._dave_lost: dict[int, dict[int, None]] = {}
         self.stats = stats if stats is not None else ReceiverStats()
         self.counts = counts
         self.diagnose = True
         """Build :class:`Diagnostic` values (a caller with nobody to tell may turn it off)."""
+        self.diagnostic_interval = diagnostic_interval
+        self._tallies: dict[object, _Tally] = {}
+        self._summary_due = float("inf")  # the earliest window with something to summarise
+        self._now = 0.0
         self._out = Received()
 
     # -- input ----------------------------------------------------------------------
@@ -264,11 +370,14 @@ class VoiceReceiver:
     def set_keys(self, cipher: TransportCipher | None, dave: DaveManager | None) -> None:
         """Use new keys (a session description, or a session that replaced another).
 
-        Frames waiting for a DAVE retry belonged to the old keys and are dropped.
+        Frames waiting for a DAVE retry belonged to the old keys and are
+        dropped; a new transport key starts new replay windows.
         """
         if dave is not self.dave:
             self._retry.clear()
             self._generation = dave.generation if dave is not None else 0
+        if cipher is not self.cipher:
+            self._windows.clear()
         self.cipher, self.dave = cipher, dave
 
     def receive(self, datagrams: Iterable[bytes], now: float) -> Received:
@@ -281,12 +390,13 @@ class VoiceReceiver:
         Returns:
             What can be passed on now.
         """
-        out = self._out = Received()
+        out = self._start(now)
         self._check_keys(now)
         cipher = self.cipher
         stats = self.stats
         user_of = self._user_of
         hold = self._hold
+        windows = self._windows
         for datagram in datagrams:
             kind = classify(datagram)
             if kind is not DatagramKind.RTP:
@@ -301,11 +411,14 @@ class VoiceReceiver:
             if cipher is None:
                 self._problem(DiagnosticKind.NO_KEYS, "datagram before the session description")
                 continue
-            try:
-                packet = cipher.open(datagram)
-            except ProtocolError as exc:
-                stats.undecryptable_packets += 1
-                self._problem(DiagnosticKind.UNDECRYPTABLE_PACKET, str(exc))
+            packet = cipher.try_open(datagram)
+            if type(packet) is not RtpPacket:
+                if packet is OpenFailure.UNDECRYPTABLE:
+                    stats.undecryptable_packets += 1
+                    self._problem(DiagnosticKind.UNDECRYPTABLE_PACKET, _UNDECRYPTABLE)
+                else:
+                    stats.malformed_packets += 1
+                    self._problem(DiagnosticKind.MALFORMED_PACKET, _MALFORMED)
                 continue
             header = packet.header
             if header.payload_type != OPUS_PAYLOAD_TYPE:
@@ -314,9 +427,35 @@ class VoiceReceiver:
                     self.counts["not_opus"] += 1
                 continue
             stats.packets_decrypted += 1
-            user = user_of(header.ssrc)
+            ssrc = header.ssrc
+            # The replay window (see the module docstring), inline: it runs for every packet.
+            nonce = _NONCE_AT(datagram, len(datagram) - NONCE_SUFFIX_SIZE)[0]
+            window = windows.get(ssrc)
+            if window is None:
+                if len(windows) >= _MAX_WINDOWS:
+                    del windows[next(iter(windows))]
+                windows[ssrc] = [nonce, 1]
+            else:
+                ahead = (nonce - window[0]) & _U32
+                if 0 < ahead < _HALF:
+                    window[0] = nonce
+                    bits = window[1]
+                    window[1] = ((bits << ahead) | 1) & _WINDOW_MASK if ahead < REPLAY_WINDOW else 1
+                else:
+                    back = -ahead & _U32  # 0: the highest nonce itself
+                    if back >= REPLAY_WINDOW:
+                        stats.stale_packets += 1
+                        self._problem(DiagnosticKind.REPLAYED_PACKET, _STALE, ssrc)
+                        continue
+                    bit = 1 << back
+                    if window[1] & bit:
+                        stats.replayed_packets += 1
+                        self._problem(DiagnosticKind.REPLAYED_PACKET, _REPLAYED, ssrc)
+                        continue
+                    window[1] |= bit
+            user = user_of(ssrc)
             if user is None and hold:
-                self.ssrcs.hold(header.ssrc, (now, packet), now)
+                self.ssrcs.hold(ssrc, (now, packet), now)
                 continue
             self._deliver(user, packet, now, now)
         if self._retry:
@@ -333,7 +472,7 @@ class VoiceReceiver:
         Returns:
             What the jitter buffer releases (in :attr:`Received.ordered`).
         """
-        out = self._out = Received()
+        out = self._start(now)
         user = frame.user_id
         if user is not None and self._user_of(frame.ssrc) != user:
             self.ssrcs.map(frame.ssrc, user)
@@ -351,7 +490,7 @@ class VoiceReceiver:
         Returns:
             The held packets' frames.
         """
-        out = self._out = Received()
+        out = self._start(now)
         for arrived, packet in self.ssrcs.map(ssrc, user_id):
             self._deliver(user_id, packet, arrived, now)
         return out
@@ -380,6 +519,12 @@ class VoiceReceiver:
         if self._retry:
             retry = self._retry[0][0] + self.retry_window
             deadline = retry if deadline is None else min(deadline, retry)
+        summary = self._summary_due
+        if summary != float("inf"):
+            deadline = summary if deadline is None else min(deadline, summary)
+        dave = self.dave.next_deadline() if self.dave is not None else None
+        if dave is not None:
+            deadline = dave if deadline is None else min(deadline, dave)
         jitters = self.jitters
         for ssrc in list(self._waiting):
             due = jitters[ssrc].next_deadline()
@@ -393,17 +538,22 @@ class VoiceReceiver:
         """Do what is due at ``now``, and retry DAVE frames if the keys changed since.
 
         Call it at :meth:`next_deadline`, and after handing the DAVE manager a
-        gateway message (new keys open waiting frames).
+        gateway message (new keys open waiting frames). It also runs the DAVE
+        manager's own deadline (:meth:`DaveManager.tick`).
 
         Args:
             now: The current time in seconds.
 
         Returns:
-            Frames of expired holds and DAVE retries, and what jitter buffers
-            release: gap markers for losses waited on long enough, and the
-            frames held behind them.
+            Frames of expired holds and DAVE retries, what jitter buffers
+            release (gap markers for losses waited on long enough, and the
+            frames held behind them), and summaries of the problems reported.
         """
-        out = self._out = Received()
+        out = self._start(now)
+        if self.dave is not None:
+            self.dave.tick(
+                now
+            )  # a DAVE recovery that waited (its messages go out with the next flush)
         self._check_keys(now)
         if self._hold:
             self._unhold(now, now)
@@ -423,8 +573,9 @@ class VoiceReceiver:
         """The stream ends: everything held goes out or counts as failed.
 
         Held packets of unmapped SSRCs go on without a user, frames waiting
-        for new DAVE keys count as failures, and every jitter buffer releases
-        what it holds (with gap markers) and is forgotten.
+        for new DAVE keys count as failed, every jitter buffer releases what
+        it holds (with gap markers) and is forgotten, and problems not
+        reported yet are summarised.
 
         Args:
             now: The current time in seconds.
@@ -432,18 +583,29 @@ class VoiceReceiver:
         Returns:
             Everything released.
         """
-        out = self._out = Received()
+        out = self._start(now)
         if self._hold:
             self._unhold(float("inf"), now)
         while self._retry:
-            _, user, packet = self._retry.popleft()
-            self._dave_failed(user, packet.header.ssrc)
+            _, user, packet, cause = self._retry.popleft()
+            self._dave_failed(user, packet, cause)
         for ssrc in list(self.jitters):
             self._forget_ssrc(ssrc)
             self._idle.forget(ssrc)
+        self._summarise(float("inf"))
         return out
 
     # -- internals ------------------------------------------------------------------
+
+    def _start(self, now: float) -> Received:
+        """Begin a call: a new result; summaries that are due go in it."""
+        out = self._out = Received()
+        self._now = now
+        if now >= self._summary_due:
+            self._summarise(now)
+        for gone in self._idle.expired(now):  # at most once per ``forget_after``
+            self._forget_ssrc(gone)
+        return out
 
     def _new_jitter(self) -> JitterBuffer[AudioFrame]:
         return JitterBuffer(
@@ -461,23 +623,29 @@ class VoiceReceiver:
         payload = packet.payload
         dave = self.dave
         if dave is not None:
-            opus = (
-                dave.decrypt(user, payload, now)
-                if user is not None
-                else dave.open_unattributed(payload)
-            )
-            if opus is None:
-                if user is not None and is_dave_frame(payload):
-                    # Perhaps sealed with keys of a commit we have not processed
-                    # yet: retry once the keys change.
-                    retry = self._retry
-                    if len(retry) >= self.retry_limit:
-                        _, old_user, old = retry.popleft()
-                        self._dave_failed(old_user, old.header.ssrc)
-                    retry.append((arrived, user, packet))
-                else:
-                    self._dave_failed(user, packet.header.ssrc)
-                return
+            if user is None:
+                opus = dave.open_unattributed(payload)
+                if opus is None:
+                    self._problem(
+                        DiagnosticKind.DAVE_DECRYPT_FAILED, _NO_SENDER, packet.header.ssrc
+                    )
+                    return
+            else:
+                opus = dave.decrypt(user, payload, now)
+                if opus is None:
+                    cause = dave.failure_cause(now)
+                    self._mark_dave_lost(packet)
+                    if is_dave_frame(payload):
+                        # Perhaps sealed with keys of a commit we have not processed
+                        # yet: retry once the keys change.
+                        retry = self._retry
+                        if len(retry) >= self.retry_limit:
+                            _, old_user, old, old_cause = retry.popleft()
+                            self._dave_failed(old_user, old, old_cause)
+                        retry.append((arrived, user, packet, cause))
+                    else:
+                        self._dave_failed(user, packet, cause)
+                    return
             payload = opus
         self._opened(user, packet, payload, arrived, now)
 
@@ -496,11 +664,8 @@ class VoiceReceiver:
         if not self.reorder:
             return
         ssrc = frame.ssrc
-        idle = self._idle
-        if idle.touch(ssrc, now):
+        if self._idle.touch(ssrc, now):
             self._forget_ssrc(ssrc)  # back after a quiet spell: start afresh
-        for gone in idle.expired(now):
-            self._forget_ssrc(gone)
         jitter = self.jitters.get(ssrc)
         if jitter is None:
             jitter = self.jitters[ssrc] = self._new_jitter()
@@ -517,9 +682,42 @@ class VoiceReceiver:
                 frame = item.item
                 ordered.append(replace(frame, resynced=True) if item.resynced else frame)
             else:
+                dave_lost = self._dave_lost_in(ssrc, item.sequence, item.count)
+                stats = self.stats
+                stats.frames_lost += item.count
+                stats.frames_lost_to_dave += dave_lost
                 ordered.append(
-                    AudioGap(self._user_of(ssrc), ssrc, item.sequence, item.count, item.timestamp)
+                    AudioGap(
+                        self._user_of(ssrc),
+                        ssrc,
+                        item.sequence,
+                        item.count,
+                        item.timestamp,
+                        dave_lost,
+                    )
                 )
+
+    def _mark_dave_lost(self, packet: RtpPacket) -> None:
+        """Remember that this frame failed DAVE, so the gap that covers it says so."""
+        if not self.reorder:
+            return
+        h = packet.header
+        marks = self._dave_lost.get(h.ssrc)
+        if marks is None:
+            marks = self._dave_lost[h.ssrc] = {}
+        elif len(marks) >= _DAVE_LOST_MARKS:
+            del marks[next(iter(marks))]
+        marks[h.sequence] = None
+
+    def _dave_lost_in(self, ssrc: int, first: int, count: int) -> int:
+        """How many of the ``count`` sequences from ``first`` failed DAVE (and forget them)."""
+        marks = self._dave_lost.get(ssrc)
+        if not marks:
+            return 0
+        lost = [seq for seq in marks if (seq - first) % SEQ_MOD < count]
+        for seq in lost:
+            del marks[seq]
+        return len(lost)
 
     def _forget_ssrc(self, ssrc: int) -> None:
         """Release what an SSRC's jitter buffer holds and forget the buffer."""
@@ -529,6 +727,7 @@ class VoiceReceiver:
             released = jitter.flush()
             if released:
                 self._release(ssrc, released)
+        self._dave_lost.pop(ssrc, None)
 
     def _check_keys(self, now: float) -> None:
         dave = self.dave
@@ -543,36 +742,87 @@ class VoiceReceiver:
         self._retry.clear()
         dave = self.dave
         assert dave is not None
-        for arrived, user, packet in waiting:
+        for arrived, user, packet, cause in waiting:
             opus = None
             if now - arrived <= self.retry_window:
-                opus = dave.decrypt(user, packet.payload, now)
+                opus = dave.decrypt(user, packet.payload, now, retry=True)
             if opus is None:
-                self._dave_failed(user, packet.header.ssrc)
+                self._dave_failed(user, packet, cause)
                 continue
             self.stats.dave_retried += 1
+            marks = self._dave_lost.get(packet.header.ssrc)
+            if marks:
+                marks.pop(packet.header.sequence, None)
             self._opened(user, packet, opus, arrived, now)
 
     def _expire_retries(self, now: float) -> None:
         retry = self._retry
         horizon = now - self.retry_window
         while retry and retry[0][0] < horizon:
-            _, user, packet = retry.popleft()
-            self._dave_failed(user, packet.header.ssrc)
+            _, user, packet, cause = retry.popleft()
+            self._dave_failed(user, packet, cause)
 
-    def _dave_failed(self, user: str | None, ssrc: int) -> None:
-        self.stats.dave_failures += 1
+    def _dave_failed(self, user: str, packet: RtpPacket, cause: DaveFailure) -> None:
+        """A frame is lost to DAVE for good: count it by the cause it failed with."""
+        stats = self.stats
+        if cause is DaveFailure.FAILED:
+            stats.dave_failures += 1
+        elif cause is DaveFailure.NOT_IN_GROUP:
+            stats.dave_failures_before_join += 1
+        else:
+            stats.dave_failures_in_transition += 1
         self._problem(
-            DiagnosticKind.DAVE_DECRYPT_FAILED, "frame could not be DAVE-decrypted", ssrc, user
+            DiagnosticKind.DAVE_DECRYPT_FAILED, _DAVE_DETAIL[cause], packet.header.ssrc, user
         )
 
     def _problem(
         self, kind: DiagnosticKind, detail: str, ssrc: int | None = None, user: str | None = None
     ) -> None:
-        """Count and report one problem (the caller counted it in :attr:`stats`)."""
+        """Count one problem by name, and report it unless reported lately (then summarise).
+
+        The caller counted it in :attr:`stats`. Cheap after the first of a
+        window: a flood costs a dictionary lookup per datagram.
+        """
         if self.counts is not None:
             self.counts[kind] += 1
+        key = kind if ssrc is None else (kind, ssrc)
+        tally = self._tallies.get(key)
+        now = self._now
+        if tally is not None and now < tally.end:
+            if not tally.suppressed and tally.end < self._summary_due:
+                self._summary_due = tally.end
+            tally.suppressed += 1
+            return
+        self._tallies[key] = _Tally(now + self.diagnostic_interval, kind, detail, ssrc, user)
+        self._report(kind, detail, ssrc, user, 1)
+
+    def _summarise(self, now: float) -> None:
+        """Report what windows ended by ``now`` kept back; a window that did starts anew."""
+        due = float("inf")
+        for key, tally in list(self._tallies.items()):
+            if tally.end > now:
+                if tally.suppressed and tally.end < due:
+                    due = tally.end
+                continue
+            if not tally.suppressed:
+                del self._tallies[key]
+                continue
+            count, tally.suppressed = tally.suppressed, 0
+            tally.end = now + self.diagnostic_interval
+            interval = self.diagnostic_interval
+            self._report(
+                tally.kind,
+                f"{tally.detail} ({count} in {interval:g} s)",
+                tally.ssrc,
+                tally.user,
+                count,
+            )
+        self._summary_due = due
+
+    def _report(
+        self, kind: DiagnosticKind, detail: str, ssrc: int | None, user: str | None, count: int
+    ) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: %s (ssrc=%s user=%s)", kind.value, detail, ssrc, user)
         if self.diagnose:
-            self._out.diagnostics.append(Diagnostic(kind, detail, ssrc, user))
+            self._out.diagnostics.append(Diagnostic(kind, detail, ssrc, user, count))

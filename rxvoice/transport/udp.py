@@ -28,13 +28,24 @@ _MAX_DATAGRAM = 2048
 
 @dataclass(slots=True)
 class UdpStats:
-    """Counters of one :class:`UdpTransport`."""
+    """Counters of one :class:`UdpTransport`.
+
+    Attributes:
+        datagrams_received: Datagrams read and passed on (IP discovery replies excluded).
+        datagrams_sent: Datagrams handed to the kernel.
+        batches: Wake-ups that read at least one datagram.
+        send_dropped: Datagrams not sent (a full socket buffer, an ICMP error).
+        keepalives_sent: Keepalives sent.
+        callback_errors: Batches whose ``on_datagrams`` callback raised (a
+            bug: logged; the socket goes on being read).
+    """
 
     datagrams_received: int = 0
     datagrams_sent: int = 0
     batches: int = 0
     send_dropped: int = 0
     keepalives_sent: int = 0
+    callback_errors: int = 0
 
 
 class UdpTransport:
@@ -43,7 +54,8 @@ class UdpTransport:
     Args:
         on_datagrams: Called on the event loop with every batch of received
             datagrams (a list, oldest first). IP discovery replies are consumed
-            by :meth:`discover` while it runs and are not passed on.
+            by :meth:`discover` while it runs and are not passed on. If it
+            raises, the error is logged and counted and reading goes on.
         max_batch: The most datagrams read in one wake-up, so a flood cannot
             starve the rest of the loop.
     """
@@ -203,7 +215,15 @@ class UdpTransport:
             return
         self.stats.datagrams_received += len(batch)
         self.stats.batches += 1
-        self._on_datagrams(batch)
+        try:
+            self._on_datagrams(batch)
+        except Exception:
+            # A bug downstream must not reach the event loop's reader callback.
+            self.stats.callback_errors += 1
+            if self.stats.callback_errors & (self.stats.callback_errors - 1) == 0:
+                logger.exception(
+                    "UDP receive callback failed (%d times so far)", self.stats.callback_errors
+                )
 
     def _take_discovery(self, data: bytes) -> bool:
         future = self._discovery

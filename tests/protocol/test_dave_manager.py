@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from rxvoice.protocol.dave import DaveManager
+from rxvoice.protocol.dave import DaveFailure, DaveManager
 from rxvoice.protocol.daveframe import is_dave_frame
 from rxvoice.protocol.gateway import (
+    DaveExecuteTransition,
+    DaveMlsAnnounceCommitTransition,
     DaveMlsCommitWelcome,
     DaveMlsInvalidCommitWelcome,
     DaveMlsKeyPackage,
+    DavePrepareEpoch,
+    DavePrepareTransition,
     DaveTransitionReady,
     GatewayMessage,
 )
@@ -164,6 +168,7 @@ def test_decrypt_failures_are_tolerated_then_reinitialise():
     call = Call()
     call.join(A, tolerance=3)
     call.join(B)
+    call.tick(3.0)  # the transition has settled: failures are real now
     a = call.managers[A]
     garbage = b"\x00" * 20 + bytes([12]) + b"\xfa\xfa"
     tampered = bytearray(call.managers[B].encrypt(OPUS))
@@ -245,3 +250,190 @@ def test_failures_while_waiting_for_the_group_never_reset_it():
     assert waiting.stats.decrypt_failures == 100
     assert waiting.stats.recoveries == 0
     assert [m for m in waiting.poll().send if isinstance(m, DaveMlsInvalidCommitWelcome)] == []
+
+
+# -- davey's errors never escape (issue 12, defect 1) ----------------------------------------------
+
+
+def established() -> tuple[Call, DaveManager, DaveManager]:
+    call = Call()
+    a, b = call.join(A), call.join(B)
+    return call, a, b
+
+
+def sent_by(manager: DaveManager) -> list[GatewayMessage]:
+    return list(manager.poll().send)
+
+
+def test_a_new_group_at_version_0_is_a_counted_protocol_error():
+    call, a, _ = established()
+    a.handle(DavePrepareEpoch(protocol_version=0, epoch=1), call.now)
+    assert a.stats.protocol_errors == 1
+    assert a.protocol_version == 1 and a.ready and sent_by(a) == []
+    call.assert_all_decrypt()
+
+
+@pytest.mark.parametrize("version", [2, 5, 0xFFFF])
+def test_an_unsupported_version_is_refused_and_never_stored(version: int):
+    call, a, _ = established()
+    a.handle(DavePrepareTransition(protocol_version=version, transition_id=3), call.now)
+    a.handle(DavePrepareTransition(protocol_version=version, transition_id=0), call.now)
+    a.handle(DaveExecuteTransition(transition_id=3), call.now)
+    assert a.protocol_version == 1
+    a.handle(DavePrepareEpoch(protocol_version=version, epoch=1), call.now)
+    assert a.protocol_version == 1 and a.stats.protocol_errors == 3
+    assert sent_by(a) == []  # no op 23 for a transition we cannot make
+    # A bad commit after it recovers at the version we do speak.
+    a.handle(DaveMlsAnnounceCommitTransition(transition_id=4, commit=b"garbage"), call.now)
+    out = sent_by(a)
+    assert out[0] == DaveMlsInvalidCommitWelcome(4) and isinstance(out[1], DaveMlsKeyPackage)
+    assert a.session is not None and a.stats.recoveries == 1
+
+
+def test_a_bad_commit_after_a_downgrade_is_reported_without_a_crash():
+    call, a, _ = established()
+    a.handle(DavePrepareTransition(protocol_version=0, transition_id=7), call.now)
+    a.handle(DaveExecuteTransition(transition_id=7), call.now)
+    sent_by(a)
+    a.handle(DaveMlsAnnounceCommitTransition(transition_id=8, commit=b"garbage"), call.now)
+    assert sent_by(a) == [DaveMlsInvalidCommitWelcome(8)]  # no key package at version 0
+    assert a.protocol_version == 0 and a.session is None
+    assert a.decrypt(B, OPUS, call.now) == OPUS  # plain frames pass
+
+
+def test_failing_dave_frames_after_a_real_downgrade_never_reinitialise():
+    call, a, b = established()
+    in_flight = [bytes([f[0] ^ 1]) + f[1:] for f in (b.encrypt(OPUS) for _ in range(60))]
+    call.run(call.service.join("2001", dave_capable=False, now=call.now))
+    assert a.protocol_version == 0
+    call.tick(60.0)
+    for frame in in_flight:
+        assert a.decrypt(B, frame, call.now) is None
+    assert a.stats.recoveries == 0 and a.stats.decrypt_failures == 60
+    assert a.failure_cause(call.now) is DaveFailure.TRANSITION
+
+
+def test_a_davey_that_refuses_everything_is_survived():
+    class Refusing:
+        def __init__(self, *_: object) -> None:
+            raise ValueError("Unsupported protocol version")
+
+    manager = DaveManager(A, CHANNEL, session_factory=Refusing)  # type: ignore[arg-type]
+    manager.start(1, 0.0)
+    assert manager.session is None and manager.stats.protocol_errors == 1
+    assert manager.poll().send == ()
+    garbage = b"\x00" * 20 + bytes([12]) + b"\xfa\xfa"
+    assert manager.decrypt(B, garbage, 100.0) is None
+    assert manager.encrypt(OPUS) == OPUS  # no group: plain, as a sole member sends
+
+
+# -- re-initialising is for a broken session, not one bad sender (defect 2) ------------------------
+
+
+GARBAGE = b"\x00" * 20 + bytes([12]) + b"\xfa\xfa"  # DAVE-framed, opens with no key
+
+
+def test_one_bad_sender_among_good_ones_never_reinitialises_the_session():
+    call = Call()
+    a = call.join(A, tolerance=3)
+    b, c = call.join(B), call.join(C)
+    call.tick(3.0)
+    for _ in range(100):
+        assert a.decrypt(B, GARBAGE, call.now) is None
+        assert a.decrypt(C, c.encrypt(OPUS), call.now) == OPUS
+    assert a.stats.recoveries == 0
+    assert a.stats.failures_by_user == {B: 100}
+    assert b.ready
+
+
+def test_a_bad_sender_alone_reinitialises_at_a_backed_off_rate():
+    # One member sends 40 bad DAVE frames every 2 s and nobody else speaks.
+    call = Call()
+    a = call.join(A)
+    call.join(B)
+    call.tick(3.0)
+    for _ in range(10):
+        for _ in range(40):
+            a.decrypt(B, GARBAGE, call.now)
+        call.run([(A, None)])  # op 31 and the new key package reach the service
+        call.tick(2.0)  # the group takes A back
+    assert 1 <= a.stats.recoveries <= 2  # 10 s, then 20 s apart; not every 2 s
+    assert a.stats.recoveries_deferred > 0
+    assert a.ready
+
+
+def test_the_backoff_resets_once_a_reinitialisation_helped():
+    call = Call()
+    a = call.join(A, tolerance=3)
+    b = call.join(B)
+    call.tick(3.0)
+    for _ in range(4):
+        a.decrypt(B, GARBAGE, call.now)
+    assert a.stats.recoveries == 1
+    call.run([(A, None)])
+    call.tick(3.0)
+    assert a.decrypt(B, b.encrypt(OPUS), call.now) == OPUS  # the re-init worked
+    call.tick(10.0)
+    for _ in range(4):
+        a.decrypt(B, GARBAGE, call.now)
+    assert a.stats.recoveries == 2 and a.stats.recoveries_deferred == 0
+
+
+def test_a_retried_frame_is_not_counted_twice_towards_the_tolerance():
+    call = Call()
+    a = call.join(A, tolerance=3)
+    call.join(B)
+    call.tick(3.0)
+    for _ in range(3):
+        a.decrypt(B, GARBAGE, call.now)
+    for _ in range(10):
+        assert a.decrypt(B, GARBAGE, call.now, retry=True) is None
+    assert a.stats.recoveries == 0 and a.stats.decrypt_failures == 13
+
+
+# -- transition id 0 is a transition (issue 12, item 11) -------------------------------------------
+
+
+def test_recovery_after_transition_0_reports_transition_0():
+    call = Call()
+    a = call.join(A, tolerance=3)
+    call.join(B)
+    a.handle(DavePrepareTransition(protocol_version=1, transition_id=0), call.now)  # runs at once
+    sent_by(a)
+    call.tick(3.0)
+    for _ in range(4):
+        a.decrypt(B, GARBAGE, call.now)
+    out = sent_by(a)
+    assert out[0] == DaveMlsInvalidCommitWelcome(0)
+    assert isinstance(out[1], DaveMlsKeyPackage)
+    assert a.stats.recoveries == 1
+
+
+def test_recoveries_are_spaced_so_a_commit_that_never_applies_cannot_loop():
+    call, a, _ = established()
+    bad = DaveMlsAnnounceCommitTransition(transition_id=5, commit=b"garbage")
+    for _ in range(5):  # at once: one recovery, the rest wait
+        a.handle(bad, call.now)
+    assert (a.stats.recoveries, a.stats.recoveries_deferred) == (1, 4)
+    assert [m for m in sent_by(a) if isinstance(m, DaveMlsInvalidCommitWelcome)] == [
+        DaveMlsInvalidCommitWelcome(5)
+    ]
+    a.handle(bad, call.now + 0.5)  # still within the 1 s gap
+    a.handle(DaveExecuteTransition(transition_id=99), call.now + 1.0)  # any message: it is time
+    assert a.stats.recoveries == 2
+    a.handle(bad, call.now + 2.0)  # the gap doubled: 2 s now
+    assert a.stats.recoveries == 2
+    a.handle(bad, call.now + 3.0)
+    assert a.stats.recoveries == 3
+
+
+def test_a_waiting_recovery_has_a_deadline_for_a_call_where_nothing_comes():
+    call, a, _ = established()
+    bad = DaveMlsAnnounceCommitTransition(transition_id=5, commit=b"garbage")
+    a.handle(bad, call.now)
+    a.handle(bad, call.now)
+    assert a.next_deadline() == call.now + 1.0
+    a.tick(call.now + 0.5)
+    assert a.stats.recoveries == 1
+    a.tick(call.now + 1.0)
+    assert a.stats.recoveries == 2 and a.next_deadline() is None

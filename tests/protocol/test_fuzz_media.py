@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rxvoice.errors import DaveError, DecryptionError, MalformedPacket
-from rxvoice.protocol.crypto import EncryptionMode, TransportCipher
+from rxvoice.events import AudioFrame
+from rxvoice.protocol.crypto import EncryptionMode, OpenFailure, TransportCipher
 from rxvoice.protocol.daveframe import (
     MAGIC_MARKER,
     DaveFrame,
@@ -15,11 +16,14 @@ from rxvoice.protocol.daveframe import (
 )
 from rxvoice.protocol.ipdiscovery import IpDiscoveryRequest, IpDiscoveryResponse, Keepalive
 from rxvoice.protocol.rtp import (
+    RTP_HEADER_SIZE,
     DatagramKind,
     RtpHeader,
+    RtpPacket,
     classify,
     is_rtcp,
     parse_one_byte_extension,
+    split_extension,
     strip_padding,
 )
 
@@ -32,6 +36,20 @@ rtp_like = st.tuples(
     st.integers(0, 0x3F).map(lambda b: 0x80 | b),  # V=2, random P/X/CC
     st.binary(min_size=11, max_size=200),
 ).map(lambda t: bytes((t[0],)) + t[1])
+# Authentic packets with random headers (padding and extension flags included),
+# so the fuzz reaches the steps after authentication too.
+sealed_like = st.tuples(
+    st.integers(0, 0x3F),
+    st.binary(min_size=11, max_size=11),
+    st.binary(max_size=60),
+    st.integers(0, 0xFFFFFFFF),
+).map(
+    lambda t: CIPHERS[0].seal(
+        bytes((0x80 | (t[0] & 0x30),)) + t[1] + (bytes(4) if t[0] & 0x10 else b""),
+        t[2],
+        t[3],
+    )
+)
 # 74-byte discovery-looking datagrams with the right framing and random contents.
 discovery_like = st.tuples(st.sampled_from([1, 2]), st.binary(min_size=68, max_size=68)).map(
     lambda t: t[0].to_bytes(2, "big") + b"\x00\x46" + t[1]
@@ -129,3 +147,58 @@ def test_uleb128_decode(data, offset):
 def test_is_predicates_never_raise(data):
     assert isinstance(is_dave_frame(data), bool)
     assert is_silence(data) == (data == b"\xf8\xff\xfe")
+
+
+@pytest.mark.parametrize("cipher", CIPHERS, ids=lambda c: c.mode.value)
+@given(data=datagrams | rtp_like | sealed_like)
+def test_try_open_never_raises_and_agrees_with_open(cipher, data):
+    result = cipher.try_open(data)
+    try:
+        packet = cipher.open(data)
+    except MalformedPacket:
+        assert result is OpenFailure.MALFORMED
+    except DecryptionError:
+        assert result is OpenFailure.UNDECRYPTABLE
+    else:
+        assert result == packet
+
+
+@given(
+    header=st.builds(
+        RtpHeader,
+        sequence=st.integers(0, 0xFFFF),
+        timestamp=st.integers(0, 0xFFFFFFFF),
+        ssrc=st.integers(0, 0xFFFFFFFF),
+        padding=st.booleans(),
+        extension_profile=st.none() | st.just(0xBEDE),
+        extension_length=st.integers(0, 0xFFFF),
+    ),
+    plaintext=st.binary(max_size=120),
+)
+def test_from_plaintext_and_split_extension(header, plaintext):
+    try:
+        packet = RtpPacket.from_plaintext(header, plaintext)
+    except MalformedPacket:
+        return
+    assert len(packet.extension) == header.extension_size
+    assert plaintext.startswith(packet.extension + packet.payload)
+    try:
+        extension, payload = split_extension(header, plaintext)
+    except MalformedPacket:
+        return
+    assert extension + payload == plaintext
+
+
+@given(datagrams | rtp_like)
+def test_audio_frame_from_packet(data):
+    try:
+        frame = AudioFrame.from_packet(data, user_id="1001")
+    except MalformedPacket:
+        return
+    header = RtpHeader.parse(data)
+    assert (frame.ssrc, frame.sequence, frame.timestamp) == (
+        header.ssrc,
+        header.sequence,
+        header.timestamp,
+    )
+    assert frame.frame[RTP_HEADER_SIZE:] == data[header.size :]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +16,9 @@ from rxvoice.errors import UsageError
 from rxvoice.events import AudioFrame, AudioGap, DiagnosticKind
 from rxvoice.protocol.crypto import EncryptionMode, TransportCipher
 from rxvoice.protocol.dave import DaveManager
-from rxvoice.protocol.gateway import GatewayMessage
-from rxvoice.protocol.receiver import Received, VoiceReceiver
-from rxvoice.protocol.rtp import SILENCE_FRAME, build_header
+from rxvoice.protocol.gateway import DaveMlsAnnounceCommitTransition, GatewayMessage
+from rxvoice.protocol.receiver import REPLAY_WINDOW, RETRY_WINDOW, Received, VoiceReceiver
+from rxvoice.protocol.rtp import SILENCE_FRAME, RtpHeader, build_header
 from tests.protocol.test_dave_manager import OPUS, A, B, C, Call
 
 KEY = bytes(range(32))
@@ -32,9 +33,17 @@ def tampered(frame: bytes) -> bytes:
     return bytes([frame[0] ^ 1]) + frame[1:]
 
 
-def packet(n: int, ssrc: int = 1, payload: bytes = b"\xfc\x01", *, marker: bool = False) -> bytes:
+def packet(
+    n: int,
+    ssrc: int = 1,
+    payload: bytes = b"\xfc\x01",
+    *,
+    marker: bool = False,
+    nonce: int | None = None,
+) -> bytes:
+    """Packet ``n`` of an SSRC, with transport nonce ``n + 1`` unless told."""
     header = build_header(n % 65536, n * 960 % (1 << 32), ssrc, marker=marker)
-    return CIPHER.seal(header, payload, n + 1)
+    return CIPHER.seal(header, payload, n + 1 if nonce is None else nonce)
 
 
 def seqs(items: list[Any]) -> list[object]:
@@ -91,10 +100,10 @@ def test_bad_datagrams_are_reported_and_the_rest_of_the_batch_goes_on(
     too_short = build_header(3, 0, 1) + bytes(4)
     out = rx.receive([packet(1), bad_tag, too_short, packet(4)], T0)
     assert seqs(out.raw) == [1, 4]
-    assert kinds(out) == [DiagnosticKind.UNDECRYPTABLE_PACKET] * 2
-    assert rx.stats.undecryptable_packets == 2
-    assert counts == {"undecryptable_packet": 2}
-    assert caplog.text.count("undecryptable_packet") == 2
+    assert kinds(out) == [DiagnosticKind.UNDECRYPTABLE_PACKET, DiagnosticKind.MALFORMED_PACKET]
+    assert (rx.stats.undecryptable_packets, rx.stats.malformed_packets) == (1, 1)
+    assert counts == {"undecryptable_packet": 1, "malformed_packet": 1}
+    assert caplog.text.count("undecryptable_packet") == 1
 
 
 def test_without_diagnose_problems_are_counted_but_no_diagnostic_is_built():
@@ -416,3 +425,212 @@ def test_bad_jitter_arguments_fail_at_once():
     with pytest.raises(UsageError):
         VoiceReceiver(capacity=0)
     VoiceReceiver(capacity=0, reorder=False)  # no jitter buffer, nothing to check
+
+
+# -- the replay window ---------------------------------------------------------------------------
+
+
+def test_network_duplicates_are_dropped_before_dave_not_counted_as_dave_failures():
+    call = Call()
+    a, b = call.join(A), call.join(B)
+    call.tick(3.0)
+    rx = dave_receiver(a)
+    datagrams = [packet(n, 2, b.encrypt(OPUS)) for n in range(1, 21)]
+    now = call.now + T0
+    out = rx.receive([d for datagram in datagrams for d in (datagram, datagram)], now)
+    rx.poll(now + RETRY_WINDOW + 1.0)  # nothing waits for new keys either
+    assert a.stats.decrypt_failures == 0 and rx.stats.dave_failures == 0
+    assert seqs(out.raw) == list(range(1, 21))
+    assert kinds(out) == [DiagnosticKind.REPLAYED_PACKET]  # one report: the rest is summarised
+    assert (rx.stats.replayed_packets, rx.stats.packets_decrypted) == (20, 40)
+
+
+def test_replays_never_count_towards_the_dave_tolerance():
+    call = Call()
+    a = call.join(A, tolerance=3)
+    b = call.join(B)
+    call.tick(3.0)
+    rx = dave_receiver(a)
+    captured = packet(1, 2, b.encrypt(OPUS))
+    rx.receive([captured] * 40, call.now + T0)
+    assert a.stats.recoveries == 0 and a.stats.decrypt_failures == 0
+    assert (rx.stats.replayed_packets, rx.stats.dave_failures) == (39, 0)
+
+
+def test_replayed_old_silence_is_not_emitted_again():
+    # Eight seconds of silence frames, then two of the first ones replayed: as
+    # far behind as they are, a jitter buffer would take them for a restart.
+    rx = VoiceReceiver(CIPHER, user_of=lambda _: "1001")
+    old = [packet(n, payload=SILENCE_FRAME) for n in range(1, 401)]
+    for n, datagram in enumerate(old):
+        rx.receive([datagram], T0 + n * 0.02)
+    out = rx.receive(old[:2], T0 + 8.0)
+    assert out.raw == [] and rx.stats.replayed_packets == 2
+    later = rx.poll(T0 + 9.0)
+    assert later.ordered == [] and later.raw == []
+
+
+def test_a_packet_older_than_the_window_is_stale():
+    rx = VoiceReceiver(CIPHER, user_of=lambda _: "1001")
+    rx.receive([packet(1, nonce=10)], T0)
+    out = rx.receive([packet(2, nonce=10 + REPLAY_WINDOW), packet(0, nonce=10)], T0)
+    assert seqs(out.raw) == [2]
+    assert (rx.stats.stale_packets, rx.stats.replayed_packets) == (1, 0)
+    # One nonce inside the window that never came is still accepted.
+    assert seqs(rx.receive([packet(3, nonce=11)], T0).raw) == [3]
+
+
+def test_the_window_takes_reordering_and_is_kept_per_ssrc():
+    rx = VoiceReceiver(CIPHER, user_of=lambda _: "1001")
+    out = rx.receive(
+        [packet(5), packet(3), packet(4), packet(1, ssrc=2), packet(3, ssrc=2), packet(4)], T0
+    )
+    assert [(f.ssrc, f.sequence) for f in out.raw] == [(1, 5), (1, 3), (1, 4), (2, 1), (2, 3)]
+    assert rx.stats.replayed_packets == 1
+    # A new transport key (a new session) starts new windows.
+    rx.set_keys(TransportCipher(EncryptionMode.AEAD_AES256_GCM_RTPSIZE, KEY), None)
+    assert seqs(rx.receive([packet(5)], T0).raw) == [5]
+
+
+def test_nonces_wrap_around():
+    rx = VoiceReceiver(CIPHER, user_of=lambda _: "1001")
+    out = rx.receive([packet(1, nonce=0xFFFF_FFFE), packet(2, nonce=1), packet(3, nonce=0)], T0)
+    assert seqs(out.raw) == [1, 2, 3]
+    assert seqs(rx.receive([packet(1, nonce=0xFFFF_FFFE)], T0).raw) == []
+    assert rx.stats.replayed_packets == 1
+
+
+# -- counters mean what they say -------------------------------------------------------------------
+
+
+def test_malformed_rtp_is_counted_as_malformed_not_undecryptable():
+    padded = CIPHER.seal(RtpHeader(9, 0, 1, padding=True).serialize(), b"abc\x00", 9)
+    rx = VoiceReceiver(CIPHER, user_of=lambda _: "1001")
+    out = rx.receive(
+        [
+            packet(1)[:20],  # truncated: too short for the tag and nonce
+            bytes([0x8F]) + packet(2)[1:40],  # 15 CSRCs announced, not there
+            padded,  # authentic, but its padding count is 0
+            packet(3),
+        ],
+        T0,
+    )
+    assert seqs(out.raw) == [3]
+    assert (rx.stats.malformed_packets, rx.stats.undecryptable_packets) == (3, 0)
+    assert kinds(out) == [DiagnosticKind.MALFORMED_PACKET]
+
+
+def test_frames_sealed_before_we_joined_are_counted_apart_from_failures():
+    call = SlowCall()
+    call.join(A)
+    b = call.join(B)
+    sealed_before = b.encrypt(OPUS)  # epoch 1: C will never have its keys
+    call.late = C
+    c = call.join(C)
+    rx = VoiceReceiver(CIPHER, c)
+    rx.map(2, B, T0)
+    assert rx.receive([packet(1, 2, sealed_before)], T0).raw == []
+    call.catch_up()  # the welcome: epoch 2's keys, not epoch 1's
+    out = rx.poll(T0 + 0.1)
+    assert out.raw == [] and kinds(out) == [DiagnosticKind.DAVE_DECRYPT_FAILED]
+    assert rx.stats.dave_failures == 0
+    assert (rx.stats.dave_failures_before_join, rx.stats.dave_failures_in_transition) == (1, 0)
+
+
+def test_frames_lost_to_dave_are_gaps_that_say_so():
+    call = Call()
+    a, b = call.join(A), call.join(B)
+    call.tick(3.0)
+    rx = dave_receiver(a)
+    now = call.now + T0
+    frames = [b.encrypt(OPUS) for _ in range(5)]
+    rx.receive([packet(1, 2, frames[0]), packet(2, 2, tampered(frames[1]))], now)
+    rx.receive([packet(4, 2, frames[3]), packet(5, 2, frames[4])], now + 0.06)  # 3: lost
+    out = rx.poll(now + 0.2)
+    gaps = [item for item in out.ordered if isinstance(item, AudioGap)]
+    assert [(g.user_id, g.sequence, g.count, g.dave_lost) for g in gaps] == [(B, 2, 2, 1)]
+    assert (rx.stats.frames_lost, rx.stats.frames_lost_to_dave) == (2, 1)
+    # The frame still waits for new keys: when they do not come, it is a real failure.
+    rx.poll(now + 3.0)
+    assert rx.stats.dave_failures == 1
+
+
+def test_a_downgraded_session_never_raises_on_dave_frames_in_flight():
+    call = Call()
+    a, b = call.join(A), call.join(B)
+    in_flight = [tampered(b.encrypt(OPUS)) for _ in range(50)]
+    call.run(call.service.join("2001", dave_capable=False, now=call.now))  # op 21 pv 0, op 22
+    assert a.protocol_version == 0
+    call.tick(30.0)
+    rx = dave_receiver(a)
+    out = rx.receive([packet(n, 2, frame) for n, frame in enumerate(in_flight)], call.now + T0)
+    rx.flush(call.now + T0 + 5.0)
+    assert out.raw == [] and rx.stats.dave_failures_in_transition == 50
+    assert a.stats.recoveries == 0
+
+
+# -- floods are cheap ------------------------------------------------------------------------------
+
+
+def test_a_flood_is_reported_once_per_kind_then_summarised(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.DEBUG, logger="rxvoice.protocol.receiver")
+    wrong = TransportCipher(EncryptionMode.AEAD_AES256_GCM_RTPSIZE, bytes(32))
+    bad_tag = wrong.seal(build_header(2, 0, 1), b"x", 2)
+    truncated = packet(3)[:20]
+    rx = VoiceReceiver(CIPHER, user_of=lambda _: "1001")  # reports once a second
+    out = rx.receive([bad_tag, truncated] * 1000 + [packet(1)], T0)
+    assert seqs(out.raw) == [1]
+    assert len(out.diagnostics) == 2  # not 2000
+    assert [(d.kind, d.count) for d in out.diagnostics] == [
+        (DiagnosticKind.UNDECRYPTABLE_PACKET, 1),
+        (DiagnosticKind.MALFORMED_PACKET, 1),
+    ]
+    assert (rx.stats.undecryptable_packets, rx.stats.malformed_packets) == (1000, 1000)
+    assert rx.next_deadline() == T0 + 1.0  # the summary is due then
+    assert rx.receive([bad_tag], T0 + 0.5).diagnostics == []
+    summary = rx.poll(T0 + 1.0).diagnostics
+    assert sorted((d.kind, d.count) for d in summary) == [
+        (DiagnosticKind.MALFORMED_PACKET, 999),
+        (DiagnosticKind.UNDECRYPTABLE_PACKET, 1000),
+    ]
+    assert rx.next_deadline() is None
+    assert len(caplog.records) == 4  # two first reports, two summaries
+    # Quiet for a window: the next one is reported at once again.
+    assert rx.poll(T0 + 2.5).diagnostics == []
+    assert [d.count for d in rx.receive([bad_tag], T0 + 2.6).diagnostics] == [1]
+
+
+def test_the_bad_packet_path_raises_only_inside_the_aead_step():
+    wrong = TransportCipher(EncryptionMode.AEAD_AES256_GCM_RTPSIZE, bytes(32))
+    flood = [wrong.seal(build_header(n, 0, 0xDEAD0000 + n), b"x" * 40, n) for n in range(50)] + [
+        packet(n)[:25] for n in range(50)
+    ]
+    rx = VoiceReceiver(CIPHER, hold_time=1.0)
+    raised: list[str] = []
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if event == "exception" and "/rxvoice/" in frame.f_code.co_filename:  # not logging's cache
+            raised.append(f"{frame.f_code.co_name}: {arg[0].__name__}")
+        return trace
+
+    sys.settrace(trace)
+    try:
+        rx.receive(flood, T0)
+    finally:
+        sys.settrace(None)
+    assert set(raised) == {"_decrypt: InvalidTag"}
+    assert len(raised) == 50
+    assert (rx.stats.undecryptable_packets, rx.stats.malformed_packets) == (50, 50)
+
+
+def test_the_receiver_runs_the_dave_managers_deadline():
+    call = Call()
+    a = call.join(A)
+    call.join(B)
+    rx = dave_receiver(a)
+    bad = DaveMlsAnnounceCommitTransition(transition_id=5, commit=b"garbage")
+    a.handle(bad, T0)
+    a.handle(bad, T0)
+    assert rx.next_deadline() == T0 + 1.0
+    rx.poll(T0 + 1.0)
+    assert a.stats.recoveries == 2

@@ -89,3 +89,31 @@ async def test_keepalives_count_up_and_close_releases_the_socket(server: socket.
     udp.close()  # idempotent
     with pytest.raises(UsageError):
         udp.send(b"x")
+
+
+async def test_a_raising_callback_is_counted_and_reading_goes_on(
+    server: socket.socket, caplog: pytest.LogCaptureFixture
+) -> None:
+    got: list[bytes] = []
+    first, second = asyncio.Event(), asyncio.Event()
+
+    def received(batch: list[bytes]) -> None:
+        got.extend(batch)
+        (second if first.is_set() else first).set()
+        if batch[0] == b"boom":
+            raise RuntimeError("a bug downstream")
+
+    udp = UdpTransport(received)
+    await udp.open(*server.getsockname())
+    try:
+        local = udp.local_address
+        assert local is not None
+        server.sendto(b"boom", local)
+        await asyncio.wait_for(first.wait(), 10)  # the next one is a batch of its own
+        server.sendto(b"after", local)
+        await asyncio.wait_for(second.wait(), 10)
+        assert got == [b"boom", b"after"]
+        assert udp.stats.callback_errors == 1
+        assert "UDP receive callback failed" in caplog.text
+    finally:
+        udp.close()

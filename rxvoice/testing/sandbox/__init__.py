@@ -642,6 +642,22 @@ class Sandbox:
         """
         return self._server.send_raw(user_id, frame)
 
+    def send_udp(self, user_id: str, datagram: bytes) -> bool:
+        """Send any datagram, as is, to a user's media address from the relay's socket.
+
+        For hostile-network tests (junk, forgeries, replays): it comes from the
+        address the client's socket is connected to, as from an attacker who
+        spoofs the SFU's address.
+
+        Returns:
+            Whether the user has a media address.
+        """
+        p = self._server.participant(user_id)
+        if p is None or p.udp_addr is None or self._udp is None:
+            return False
+        self._udp.sendto(datagram, p.udp_addr)
+        return True
+
     def leave(self, user_id: str) -> None:
         """The user leaves voice (kick or main-gateway leave): its session ends with 4014.
 
