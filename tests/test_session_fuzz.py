@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hypothesis import event, given, settings
@@ -42,7 +40,6 @@ U16 = st.integers(0, 0xFFFF)
 SMALL = st.integers(0, 4) | U16
 MODES = [m.value for m in EncryptionMode] + ["xsalsa20_poly1305", "nonsense"]
 EXTERNAL_SENDER = ExternalSender().package
-DAVE_MODULE = Path(__file__).parent.parent / "rxvoice" / "protocol" / "dave.py"
 
 messages: st.SearchStrategy[gw.GatewayMessage | str | bytes] = st.one_of(
     st.builds(
@@ -149,12 +146,10 @@ async def drive(sequence: list[Any]) -> None:
                     return
             dave_seen = check(h, dave_seen)
         event(f"ready: {h.conn.current_state is ConnectionState.READY}")
-        event(f"DAVE manager failures: {min(h.conn.stats.failed_messages, 1)}")
-        assert h.conn.stats.failed_messages == len(failures.records)
-        for record in failures.records:
-            assert record.exc_info is not None
-            where = Path(traceback.extract_tb(record.exc_info[2])[-1].filename)
-            assert where == DAVE_MODULE, f"the Connection's own code raised: {record.exc_info}"
+        # Nothing the server sends makes our handling raise (davey's refusals
+        # included: the DaveManager counts them as protocol errors).
+        assert h.conn.stats.failed_messages == 0, [r.exc_info for r in failures.records]
+        assert failures.records == []
     finally:
         logger.removeHandler(failures)
         cancelled = h.session.close()
