@@ -354,10 +354,13 @@ def decode_opus(
     on the clock of ``received_at``): anchored on the arrival of the first
     packet of each talk spurt, then advanced by RTP timestamp, so it is smooth
     within a spurt and right after a pause (senders stop the timestamp while
-    quiet). A packet arriving more than
+    quiet). A packet that follows the sender's silence frames (senders end
+    each spurt with five) and arrives more than
     :data:`~rxvoice.operators._decode.NEW_SPURT_LATENESS` (0.1 s) later than
-    its timestamp predicts starts a new spurt, as does a resync. Concealed and
-    FEC chunks get the time of the audio they replace.
+    its timestamp predicts starts a new spurt, as does a resync or any packet
+    more than :data:`~rxvoice.operators._decode.STALL_LIMIT` (1 s) late;
+    lateness in the middle of speech (our event loop stalled) keeps the spurt
+    whole. Concealed and FEC chunks get the time of the audio they replace.
 
     With ``decode_on`` (a scheduler, e.g. a ``ThreadPoolScheduler``) decoding
     runs there, off the event loop: each SSRC's frames stay in order, different users

@@ -14,13 +14,23 @@ from rxvoice.audio.opus import OpusDecoder, packet_has_fec
 from rxvoice.errors import MalformedPacket
 from rxvoice.events import AudioFrame, AudioGap, DiagnosticKind, PcmChunk
 from rxvoice.operators._common import RTP_RATE, DiagnosticCallback, IdleStreams, Reporter
+from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.protocol.seq import seq_add, seq_diff, ts_add, ts_diff
 
 NEW_SPURT_LATENESS = 0.1
-"""Seconds a packet may arrive later than its RTP timestamp predicts before it
-counts as the start of a new talk spurt, and the call time is re-anchored on its
-arrival. Senders do not advance the timestamp while quiet, so a pause shows as
-lateness; network jitter below this does not move the clock."""
+"""Seconds a packet may arrive later than its RTP timestamp predicts, after the
+sender's end-of-speech silence frames, before it counts as the start of a new
+talk spurt and the call time is re-anchored on its arrival. Senders do not
+advance the timestamp while quiet, so a pause shows as lateness; network jitter
+below this does not move the clock."""
+
+STALL_LIMIT = 1.0
+"""Seconds of lateness that re-anchor the call time even when the packet before
+was speech. Senders end each spurt with five silence frames (protocol.md §3.6),
+so lateness in the middle of speech is a hiccup on our side (an event loop
+stalled, a burst read late), not a pause: placing those packets by timestamp
+keeps the spurt whole. Past this much, the sender must have paused with its
+silence frames lost."""
 
 
 class CallClock:
@@ -29,24 +39,38 @@ class CallClock:
     Anchored on the arrival of the first packet of each talk spurt; within a
     spurt, a timestamp ``ts`` was heard ``ts_diff(ts, anchor_ts) / 48000``
     seconds after the anchor, so times are smooth whatever the jitter. A packet
-    arriving more than :data:`NEW_SPURT_LATENESS` later than that (the sender
-    paused: its timestamp stopped while the wall clock did not) re-anchors.
+    that follows the sender's silence frames and arrives more than
+    :data:`NEW_SPURT_LATENESS` later than that (the sender paused: its
+    timestamp stopped while the wall clock did not), or any packet more than
+    :data:`STALL_LIMIT` late, re-anchors.
     """
 
-    __slots__ = ("_at", "_ts")
+    __slots__ = ("_at", "_quiet", "_ts")
 
     def __init__(self) -> None:
         self._at: float | None = None
         self._ts = 0
+        self._quiet = False  # the packet before was a silence frame
 
     def anchor(self, received_at: float, timestamp: int) -> None:
         """Start a new talk spurt (or a new stream) at this packet."""
         self._at, self._ts = received_at, timestamp
 
-    def follow(self, received_at: float, timestamp: int) -> None:
-        """Take the next packet in order: re-anchor if it starts a new spurt."""
-        if self._at is None or received_at - self.time_of(timestamp) > NEW_SPURT_LATENESS:
+    def follow(self, received_at: float, timestamp: int, silent: bool = False) -> None:
+        """Take the next packet in order: re-anchor if it starts a new spurt.
+
+        Args:
+            received_at: When it arrived.
+            timestamp: Its RTP timestamp.
+            silent: It is a silence frame (the end of a spurt, protocol.md §3.6).
+        """
+        if self._at is None:
             self.anchor(received_at, timestamp)
+        else:
+            late = received_at - self.time_of(timestamp)
+            if late > STALL_LIMIT or (self._quiet and late > NEW_SPURT_LATENESS):
+                self.anchor(received_at, timestamp)
+        self._quiet = silent
 
     def time_of(self, timestamp: int) -> float:
         """The call time of the sample at ``timestamp`` (0.0 before any packet)."""
@@ -113,7 +137,7 @@ class SsrcDecoder:
                 missing = d
         # Before filling a loss: concealed chunks take the time of the audio
         # they replace, counted back from this packet's.
-        self._clock.follow(frame.received_at, frame.timestamp)
+        self._clock.follow(frame.received_at, frame.timestamp, frame.opus == SILENCE_FRAME)
         self._next = seq_add(seq, 1)
         out: list[PcmChunk] = []
         if missing:
@@ -301,4 +325,4 @@ def decode_opus_(
     return operator
 
 
-__all__ = ["NEW_SPURT_LATENESS", "CallClock", "SsrcDecoder", "decode_opus_"]
+__all__ = ["NEW_SPURT_LATENESS", "STALL_LIMIT", "CallClock", "SsrcDecoder", "decode_opus_"]

@@ -7,7 +7,7 @@ import pytest
 
 from rxvoice import operators as vops
 from rxvoice.events import PcmChunk
-from rxvoice.operators._decode import NEW_SPURT_LATENESS, CallClock
+from rxvoice.operators._decode import NEW_SPURT_LATENESS, STALL_LIMIT, CallClock
 from rxvoice.testing.marbles import SUBSCRIBED, values, voice_marbles
 from rxvoice.testing.packets import tone_pcm
 
@@ -37,11 +37,21 @@ def test_clock_anchors_on_arrival_and_follows_timestamps():
     assert clock.time_of(4_294_966_336 + 960 - 2**32) == pytest.approx(10.02)
     clock.follow(10.09, 0)  # 70 ms of jitter: the timestamp still rules
     assert clock.time_of(0) == pytest.approx(10.02)
-    clock.follow(10.04 + NEW_SPURT_LATENESS + 0.01, 960)  # later than 10.04 by more: a new spurt
-    assert clock.time_of(960) == pytest.approx(10.15)
-    clock.follow(12.0, 1920)  # 1.8 s late: a new spurt
-    assert clock.time_of(1920) == 12.0
-    assert clock.time_of(960) == pytest.approx(11.98)
+    clock.follow(10.04 + NEW_SPURT_LATENESS + 0.01, 960, silent=True)  # late, mid-speech
+    assert clock.time_of(960) == pytest.approx(10.04)  # a stall on our side: kept in place
+    clock.follow(10.06 + NEW_SPURT_LATENESS + 0.01, 1920)  # late after silence: a new spurt
+    assert clock.time_of(1920) == pytest.approx(10.17)
+    clock.follow(10.19 + STALL_LIMIT + 0.01, 2880)  # too late to be a stall, even mid-speech
+    assert clock.time_of(2880) == pytest.approx(11.2)
+    assert clock.time_of(1920) == pytest.approx(11.18)
+
+
+def test_a_stalled_receiver_does_not_cut_a_spurt():
+    # 0.3 s of audio reach decode_opus late and at once (an event loop that
+    # stalled): they are placed by timestamp, so the spurt stays whole.
+    marbles = "-" + spurt(0, 5) + "-" * 15 + "(5,6,7,8,9,10,11,12,13,14,15,16,17,18,19)" + "(20)-|"
+    chunks = run(marbles, vops.decode_opus())
+    assert [c.time for c in chunks] == pytest.approx([at(1) + 0.02 * n for n in range(21)])
 
 
 # -- decode_opus ----------------------------------------------------------------
@@ -75,8 +85,9 @@ def test_filled_chunks_take_the_time_of_the_audio_they_replace():
         (True, pytest.approx(at(1) + 0.04)),
         (False, pytest.approx(at(1) + 0.06)),
     ]
-    # A new spurt whose first packets were lost: counted back from its arrival.
-    chunks = run("-0" + "-" * 30 + "3-|", vops.decode_opus())
+    # A new spurt (after the sender's silence) whose first packets were lost:
+    # counted back from its arrival.
+    chunks = run("-0s" + "-" * 30 + "3-|", vops.decode_opus())
     assert [c.time for c in chunks[1:]] == pytest.approx([at(32) - 0.04, at(32) - 0.02, at(32)])
     assert chunks[2].recovered
 

@@ -69,11 +69,12 @@ def test_pre_roll_keeps_the_onset_the_detector_needed():
 
 
 def test_talk_spurts_are_cut_at_their_call_times():
-    # Two spurts; the sender pauses 600 ms and its RTP timestamp does not
-    # advance meanwhile: the second utterance still starts at its arrival.
-    marbles = "-" + frames(0, 10) + "-" * 30 + frames(10, 10) + "-------|"
+    # Two spurts; the sender ends the first with five silence frames, pauses
+    # 500 ms and its RTP timestamp does not advance meanwhile: the second
+    # utterance still starts at its arrival.
+    marbles = "-" + frames(0, 10) + frames(10, 5, "s") + "-" * 25 + frames(15, 10) + "-------|"
     drawn, (first, second) = cut(marbles, hangover_frames=3, pre_roll=0.1)
-    assert drawn == "-" * 13 + "u0:10" + "-" * 39 + "u40:50----|"
+    assert drawn == "-" * 14 + "u0:14" + "-" * 38 + "u40:50----|"
     assert second.start - first.start == pytest.approx(0.8)
     assert second.start >= first.end
 
