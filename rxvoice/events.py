@@ -296,8 +296,8 @@ class PcmChunk:
             of the first packet of each talk spurt and advances it by RTP
             timestamp within the spurt, so it is smooth and, unlike the RTP
             timestamp (which stops while a user is quiet), comparable between
-            users and across pauses. For the mix, the tick's due time.
-            ``0.0`` for a chunk built without one.
+            users and across pauses. For the mix, the call time of the audio
+            in the tick. ``0.0`` for a chunk built without one.
     """
 
     user_id: str | None

@@ -409,47 +409,68 @@ def decode_opus(
 def mix(
     *,
     interval: float = 0.02,
-    delay: float = 0.04,
+    delay: float = 0.2,
     sample_rate: int = 48_000,
     channels: int = 2,
     max_ahead: int = 50,
+    stats: Counter[str] | None = None,
     scheduler: abc.SchedulerBase | None = None,
 ) -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:
-    """Mix every user's chunks into one stream of fixed ticks.
+    """Mix every user's chunks into one stream of fixed ticks, on the call's timeline.
 
-    A :class:`~rxvoice.audio.mixer.Mixer` aligns each user's chunks on their
-    RTP timestamps (a user's first chunk plays in the next tick, later ones at
-    their timestamp's distance from it) and sums the users of each tick with
-    saturation. Ticks are timed by the scheduler, every ``interval`` seconds
-    from ``delay`` after the first chunk (the headroom for chunks arriving a
-    little late); a tick with nobody is silence. After the source completes
-    the queued audio is played out, then the stream completes.
+    Tick ``k`` holds the audio heard at call time ``origin + k * interval``
+    (``origin``: the first chunk's :attr:`~rxvoice.events.PcmChunk.time`) and
+    is emitted ``delay`` seconds after that, timed by the scheduler: the
+    headroom for chunks arriving after their call time. A
+    :class:`~rxvoice.audio.mixer.Mixer` places the first chunk of each talk
+    spurt in the first tick at or after its call time, and the rest of the
+    spurt at its RTP timestamp's distance from it, whenever each chunk
+    arrives; it sums the users of each tick with saturation. A tick with
+    nobody is silence. After the source completes the queued audio is played
+    out, then the stream completes.
+
+    So a chunk arriving up to ``delay`` after its call time is mixed. The
+    default, 0.2 s (:data:`~rxvoice.operators._mix.DEFAULT_DELAY`), is what a
+    Connection's audio can be late by: the audio standing in for a lost
+    packet (concealed or FEC-recovered) comes out when the jitter buffer
+    gives up on it, ``jitter_latency`` (0.06 s) after the next packet, so
+    0.06 s plus the loss's length after its call time; 0.2 s covers the
+    longest loss :func:`decode_opus` conceals (0.1 s) with 0.04 s to spare.
+    Raise it by as much as you raise the Connection's ``jitter_latency``;
+    lower it for a mix closer to live that may lose concealed audio. A chunk arriving after
+    its tick was emitted is dropped and counted (``"late_chunk"``); the rest
+    of its talk spurt keeps its ticks. A spurt whose first chunk is that late
+    starts in the next tick instead (``"late_spurt"``).
 
     Output chunks have ``user_id=None``, ``ssrc=None``, timestamp
-    ``tick * 960`` (for 20 ms ticks) and, as call time, the tick's due time
-    on the scheduler's clock (the clock of the users' chunk times for a
-    Connection's pipeline). A user's talk spurt starts in the tick open when
-    its first chunk arrives, so the mix lines up with the users' chunks
-    within a tick, except the very first spurt mixed, which plays ``delay``
-    later.
+    ``tick * 960`` (for 20 ms ticks) and, as call time, that of the audio they
+    hold (``origin + tick * interval``), so the mix lines up with the users'
+    chunks (within a tick) in :func:`write_timeline`. A chunk without a call
+    time (``time == 0.0``) is placed by its arrival, on the scheduler's
+    clock; the scheduler's clock and the chunks' call times may be different
+    clocks (they are tied by the first chunk), ticking at the same rate.
 
     .. marble::
         :alt: mix
 
-        -p0-bp0-p1-bp1-|
-        [      mix(delay=0.04)      ]
-        ---m0(m1)m2(m3)m4(m5)(m6,|)
+        -p0(p1)-p3---bp0(bp1)-|
+        [            mix(delay=0.04)            ]
+        ---m0(m1)m2(m3)m4(m5)m6(m7)(m8,|)
 
     Example:
         >>> conn.on_audio_frame.pipe(vops.decode_opus(), vops.mix(), vops.write_wav("mix.wav"))
 
     Args:
         interval: Seconds per tick (0.02: one Opus frame).
-        delay: Seconds from the first chunk to the first tick.
+        delay: Seconds from a chunk's call time to the emission of its tick.
         sample_rate: The rate of the chunks (and of the mix).
         channels: The channel count of the chunks (and of the mix).
-        max_ahead: Ticks a user's audio may be queued ahead before the user
-            is re-anchored (bounds memory).
+        max_ahead: Ticks beyond the delay a user's audio may be queued ahead
+            before the user is re-anchored (bounds memory).
+        stats: A counter to add to: ``"late_chunk"`` (a chunk dropped: its
+            tick was already emitted), ``"late_spurt"`` (a talk spurt started
+            later than its call time), ``"duplicate_chunk"`` (a second chunk
+            for a tick its user already filled, dropped).
         scheduler: Times the ticks; defaults to the subscription's scheduler.
 
     Returns:
@@ -462,7 +483,7 @@ def mix(
     """
     from rxvoice.operators._mix import mix_
 
-    return mix_(interval, delay, sample_rate, channels, max_ahead, scheduler)
+    return mix_(interval, delay, sample_rate, channels, max_ahead, stats, scheduler)
 
 
 def buffer_duration(seconds: float) -> Callable[[Observable[PcmChunk]], Observable[PcmChunk]]:

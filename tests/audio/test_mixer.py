@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -230,6 +231,114 @@ def test_prune_forgets_only_sources_quiet_for_long_enough() -> None:
     assert mixer.prune(3) == ["talking"]
 
 
+# -- positions (issue 12 item 8: the mix under loss and jitter) -----------------
+
+
+def test_a_source_is_anchored_at_the_first_tick_at_or_after_its_position() -> None:
+    mixer: Mixer[str] = Mixer()
+    assert mixer.add("a", block(1), timestamp=0, at=2.3) == 3
+    assert mixer.add("b", block(2), timestamp=0, at=2.0) == 2
+    # Positions computed from float seconds: a hair past a tick is that tick.
+    assert mixer.add("c", block(3), timestamp=0, at=(200.62 - 200.02) / 0.02) == 30
+    assert [level(mixer.mix()) for _ in range(4)] == [0, 0, 2, 1]
+
+
+def test_the_rest_of_a_spurt_follows_its_timestamps_whenever_it_arrives() -> None:
+    mixer: Mixer[int] = Mixer()
+    assert mixer.add(1, block(1), timestamp=960, at=2.5) == 3  # the anchor
+    mixer.mix()
+    mixer.mix()
+    # Frame 2 comes late (positions from arrival: 1.5 ticks late), frame 3 early:
+    # both where their timestamps put them, not where they arrived.
+    assert mixer.add(1, block(2), timestamp=1920, at=5.0) == 4
+    assert mixer.add(1, block(4), timestamp=3840, at=5.0) == 6
+    assert [level(mixer.mix()) for _ in range(5)] == [0, 1, 2, 0, 4]
+    assert mixer.stats.reanchors == 1
+
+
+def test_a_block_after_its_tick_is_dropped_and_its_spurt_keeps_its_ticks() -> None:
+    mixer: Mixer[int] = Mixer()
+    mixer.add(1, block(1), timestamp=0, at=0.0)
+    for _ in range(3):
+        mixer.mix()  # ticks 0-2 mixed; frame 1 and 2 missed theirs
+    assert mixer.add(1, block(2), timestamp=960, at=1.0) is None
+    assert mixer.add(1, block(4), timestamp=3 * 960, at=3.0) == 3  # not shifted
+    assert mixer.stats.late == 1 and mixer.stats.reanchors == 1
+    assert level(mixer.mix()) == 4
+
+
+def test_a_spurt_whose_first_block_is_late_starts_at_the_tick_being_filled() -> None:
+    mixer: Mixer[int] = Mixer()
+    for _ in range(5):
+        mixer.mix()
+    assert mixer.add(1, block(1), timestamp=0, at=3.2) == 5  # tick 4 is gone
+    assert mixer.add(1, block(2), timestamp=960, at=4.2) == 6  # the spurt follows
+    assert mixer.stats.late_spurts == 1 and mixer.stats.late == 0
+
+
+def test_a_jump_in_position_beyond_the_slack_is_a_new_spurt() -> None:
+    # Discord clients stop the timestamp while quiet: the pause shows as a
+    # position later than the timestamp says. Within the slack it is jitter.
+    mixer: Mixer[int] = Mixer(slack=5)
+    mixer.add(1, block(1), timestamp=0, at=0.0)
+    assert mixer.add(1, block(2), timestamp=960, at=6.0) == 1  # 5 ticks late: jitter
+    assert mixer.add(1, block(3), timestamp=1920, at=7.5) == 8  # 5.5: a new spurt at 8
+    assert mixer.add(1, block(4), timestamp=2880, at=8.5) == 9
+    # A restarted stream (a far timestamp, either way) re-anchors too.
+    assert mixer.add(1, block(5), timestamp=2**31, at=20.0) == 20
+    assert mixer.add(1, block(6), timestamp=0, at=21.0) == 21
+    assert mixer.stats.reanchors == 4
+
+
+def test_a_new_spurt_never_lands_before_queued_audio() -> None:
+    mixer: Mixer[int] = Mixer()
+    mixer.add(1, np.ones((960 * 4, 2), np.int16), timestamp=0, at=0.0)  # ticks 0-3
+    assert mixer.add(1, block(9), timestamp=10**6, at=2.0) == 4
+
+
+def test_a_position_too_far_ahead_plays_after_the_queued_audio() -> None:
+    mixer: Mixer[int] = Mixer(max_ahead=10)
+    mixer.add(1, block(1), timestamp=0, at=0.0)
+    assert mixer.add(1, block(2), timestamp=960, at=500.0) == 1
+    assert mixer.add(1, block(3), timestamp=1920, at=501.0) == 2
+
+
+@given(
+    st.floats(0, 30),
+    st.permutations(range(12)),
+    st.lists(st.integers(0, 3), min_size=12, max_size=12),
+    st.lists(st.floats(-2.4, 2.4), min_size=12, max_size=12),
+)
+def test_property_a_spurt_is_placed_by_its_positions_whatever_the_arrival(
+    start: float, order: list[int], ticks_between: list[int], jitter: list[float]
+) -> None:
+    """Frames of one spurt arrive in any order, ticks passing meanwhile.
+
+    With smooth positions (call times), frame ``n`` plays in tick
+    ``ceil(start + n)`` or is dropped as late; with positions jittered within
+    the slack (arrival times), in ``ceil(start + j) + n`` where ``j`` is the
+    first frame's jitter. Nothing shifts, unless the first frame came late.
+    """
+    mixer: Mixer[str] = Mixer(slack=5)
+    first = {"smooth": 0.0, "jittered": jitter[order[0]]}
+    for n, wait in zip(order, ticks_between, strict=True):
+        for _ in range(wait):
+            mixer.mix()
+        for source, offset in (("smooth", 0.0), ("jittered", jitter[n])):
+            if not math.isfinite(first[source]):
+                continue  # its spurt came late: checked once
+            anchoring = source not in mixer.sources
+            due = math.ceil(start + first[source] - 1e-6) + n
+            late_spurts = mixer.stats.late_spurts
+            placed = mixer.add(source, block(n), timestamp=n * 960, at=start + n + offset)
+            if anchoring and due < mixer.tick:  # the spurt's first frame came late
+                assert placed == mixer.tick and mixer.stats.late_spurts == late_spurts + 1
+                mixer.remove(source)
+                first[source] = math.inf
+            else:
+                assert placed == (due if due >= mixer.tick else None)
+
+
 def test_mixer_rejects_bad_input() -> None:
     mixer: Mixer[int] = Mixer()
     with pytest.raises(UsageError):
@@ -241,7 +350,13 @@ def test_mixer_rejects_bad_input() -> None:
     with pytest.raises(UsageError):
         mixer.add(1, np.zeros((960, 2), np.float32), timestamp=0)
     with pytest.raises(UsageError):
+        mixer.add(1, block(1), tick=0, at=0.0)
+    with pytest.raises(UsageError):
+        mixer.add(1, block(1), timestamp=0, at=math.nan)
+    with pytest.raises(UsageError):
         Mixer(frame_samples=0)
+    with pytest.raises(UsageError):
+        Mixer(slack=math.inf)
 
 
 @given(
