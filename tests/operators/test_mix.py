@@ -201,25 +201,29 @@ def test_a_users_new_ssrc_is_aligned_on_its_own_timestamps():
 
 
 def test_a_late_frame_at_a_spurt_start_keeps_its_tick():
-    # 1 ms per position. Frames 0-4 arrive at 10 + 20 i ms; after a pause (the
-    # timestamp stopped), frames 5-9 from 605 ms, 20 ms apart, frame 6 8 ms late.
-    # The mix used to start the spurt in the very next tick, without headroom:
-    # frame 6 missed its tick (a silent tick mid-speech), the rest shifted.
+    # 1 ms per position. Frames 0-4 arrive at 10 + 20 i ms, then five silence
+    # frames (5-9); after a pause (the timestamp stopped), frames 10-14 from
+    # 705 ms, 20 ms apart, frame 11 8 ms late. The mix used to start the spurt
+    # in the very next tick, without headroom: frame 11 missed its tick (a
+    # silent tick mid-speech), the rest shifted.
     events = {10 + 20 * i: [str(i)] for i in range(5)}
-    events |= {605 + 20 * (i - 5) + (8 if i == 6 else 0): [str(i)] for i in range(5, 10)}
+    events |= {10 + 20 * i: [f"{i}s"] for i in range(5, 10)}
+    events |= {705 + 20 * (i - 10) + (8 if i == 11 else 0): [str(i)] for i in range(10, 15)}
     loud = {PcmChunk: lambda c: "T" if dbfs(c.pcm) > -40 else "q"}
     stats: Counter[str] = Counter()
     with voice_marbles(0.001, tokens=loud) as m:
-        pcm = m.hot(diagram(events, 900)).pipe(vops.decode_opus(), ops.share())
+        pcm = m.hot(diagram(events, 1000)).pipe(vops.decode_opus(), ops.share())
         mixed = pcm.pipe(vops.mix(stats=stats))
         tokens = "".join(values(m.start(mixed)))
-    assert tokens.strip("q").split("q" * 25) == ["TTTTT", "TTTTT"]
+    # (the first silence frame still rings with the tone: Opus decays, it does not cut)
+    assert [run[:5] for run in tokens.split("q") if run] == ["TTTTT", "TTTTT"]
+    assert tokens.strip("q").endswith("q" * 25 + "TTTTT")
     assert stats["late_chunk"] == stats["late_spurt"] == 0
     with voice_marbles(0.001) as m:
-        pcm = m.hot(diagram(events, 900)).pipe(vops.decode_opus(), ops.share())
+        pcm = m.hot(diagram(events, 1000)).pipe(vops.decode_opus(), ops.share())
         both = reactivex.merge(pcm, pcm.pipe(vops.mix()))
         check = check_mix(values(m.start(both, describe=False)))
-    assert check.heard == 10 and check.holes == check.mismatched == 0
+    assert check.heard >= 10 and check.holes == check.mismatched == 0
 
 
 def test_concealment_released_after_the_jitter_latency_is_mixed():
@@ -243,21 +247,26 @@ def test_a_lossy_call_mixes_everything_the_users_streams_hold():
     # (reordered), through a Connection's 60 ms jitter buffer.
     events: dict[int, list[str]] = {}
 
-    def send(speaker: str, frames: range, first: int, lost: set[int], late: int = -1) -> None:
+    def send(
+        speaker: str, frames: range, first: int, lost: set[int], late: int = -1, quiet: int = 0
+    ) -> None:
+        # The last ``quiet`` frames are silence frames: how senders end a spurt.
         for k, n in enumerate(frames):
             if n not in lost:
-                events.setdefault(first + k + (n == late), []).append(f"{speaker}{n}")
+                silent = "s" if k >= len(frames) - quiet else ""
+                events.setdefault(first + k + (n == late), []).append(f"{speaker}{n}{silent}")
 
-    send("", range(20), 1, {2, 5, 6, 9, 10, 11, 13, 14, 15, 16, 17})
+    send("", range(20), 1, {2, 5, 6, 9, 10, 11, 13, 14, 15, 16, 17}, quiet=5)
     send("", range(20, 30), 40, {23}, late=26)
-    send("b", range(25), 3, {4, 10, 11, 17})
+    send("b", range(25), 3, {4, 10, 11, 17}, quiet=5)
     send("b", range(25, 35), 50, {28, 29})
     stats: Counter[str] = Counter()
-    values_, _ = mix_of_decoded(diagram(events, 70), stats=stats)
+    values_, _ = mix_of_decoded(diagram(events, 80), stats=stats)
     decoded = [c for c in values_ if c.user_id is not None]
     assert sum(c.concealed for c in decoded) >= 8 and sum(c.recovered for c in decoded) >= 5
     check = check_mix(values_)
-    assert check.heard == len(decoded) == 65 and check.holes == check.mismatched == 0
+    assert len(decoded) == 65 and check.heard == sum(bool(c.pcm.any()) for c in decoded) >= 50
+    assert check.holes == check.mismatched == 0
     assert check.loud_ticks == check.audible < check.heard  # a and b overlap
     assert stats["late_chunk"] == stats["late_spurt"] == stats["duplicate_chunk"] == 0
 
