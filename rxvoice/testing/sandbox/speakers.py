@@ -4,7 +4,8 @@ A :class:`Speaker` is a voice client without a WebSocket: it is attached to the
 voice gateway through the same handlers a WebSocket client uses (an in-memory
 :class:`~rxvoice.testing.sandbox.links.MemoryLink`), so it appears in the roster
 (op 11 / op 13), announces itself with op 5, and runs DAVE with its own
-``davey.DaveSession`` (key packages, commits, welcomes, transitions), as
+:class:`~rxvoice.testing.sandbox.daveclient.DaveClient` (its own
+``davey.DaveSession``: key packages, commits, welcomes, transitions), as
 discord.js does. Its media goes through a real UDP socket to the relay, so the
 relay treats it like anyone's.
 
@@ -53,6 +54,7 @@ from rxvoice.protocol.closecodes import ClosePolicy, close_policy
 from rxvoice.protocol.crypto import RtpCrypto, choose_mode
 from rxvoice.protocol.ipdiscovery import IpDiscoveryRequest, IpDiscoveryResponse
 from rxvoice.protocol.rtp import SILENCE_FRAME
+from rxvoice.testing.sandbox.daveclient import DaveClient
 from rxvoice.testing.sandbox.links import Close, MemoryLink
 from rxvoice.testing.sandbox.voice import VoiceConnection, VoiceServer
 
@@ -288,13 +290,7 @@ class Speaker:
         self._tone: EncodedTone | None = None
         self._encoder: OpusEncoder | None = None  # a speech voice's (tones use self._tone)
         self.closed = False
-        # DAVE state, as discord.js keeps it.
-        self._dave: davey.DaveSession | None = None
-        self.protocol_version = 0
-        self._pending: dict[int, int] = {}  # transition id -> protocol version
-        self._downgraded = False
-        self._reinitializing = False
-        self._recognised: set[int] = set()
+        self._dave = DaveClient(user_id, channel_id)
 
     def __repr__(self) -> str:
         kind = "speech" if self.voice is not None else "tone"
@@ -310,12 +306,17 @@ class Speaker:
     @property
     def dave_ready(self) -> bool:
         """Whether the speaker's frames are DAVE-encrypted now."""
-        return self.protocol_version > 0 and self._dave is not None and self._dave.ready
+        return self._dave.ready
 
     @property
     def epoch(self) -> int | None:
         """The speaker's MLS epoch, ``None`` without a group."""
-        return None if self._dave is None else self._dave.epoch
+        return self._dave.epoch
+
+    @property
+    def protocol_version(self) -> int:
+        """The DAVE protocol version in force for the speaker (0: none)."""
+        return self._dave.protocol_version
 
     # -- joining ----------------------------------------------------------------------------
 
@@ -392,87 +393,16 @@ class Speaker:
             self._udp.sendto(IpDiscoveryRequest(m.ssrc).serialize())
             found = await asyncio.wait_for(self._discovered, 10.0)
             self._send(gw.SelectProtocol(found.address, found.port, choose_mode(m.modes).value))
-        elif isinstance(m, gw.SessionDescription):
+            return
+        if isinstance(m, gw.SessionDescription):
             self._rtp = RtpCrypto(choose_mode([m.mode]), m.secret_key, self._ssrc)
-            self.protocol_version = m.dave_protocol_version
-            self._reinit()
-            if not self._ready.done():
-                self._ready.set_result(None)
-        elif isinstance(m, gw.ClientsConnect):
-            self._recognised.update(int(u) for u in m.user_ids)
-        elif isinstance(m, gw.ClientDisconnect):
-            self._recognised.discard(int(m.user_id))
         elif isinstance(m, gw.Resumed):
             self._speaking = False
-        else:
-            self._handle_dave(m)
-
-    # -- DAVE (the client side, after discord.js's DAVESession) -----------------------------
-
-    def _reinit(self) -> None:
-        if self.protocol_version > 0:
-            if self._dave is None:
-                self._dave = davey.DaveSession(
-                    self.protocol_version, int(self.user_id), int(self.channel_id)
-                )
-            else:
-                self._dave.reinit(self.protocol_version, int(self.user_id), int(self.channel_id))
-            self._send(gw.DaveMlsKeyPackage(self._dave.get_serialized_key_package()))
-        elif self._dave is not None:
-            self._dave.reset()
-            self._dave.set_passthrough_mode(True, 10)
-
-    def _handle_dave(self, m: gw.GatewayMessage) -> None:
-        session = self._dave
-        if isinstance(m, gw.DavePrepareTransition):
-            self._pending[m.transition_id] = m.protocol_version
-            if m.transition_id == 0:
-                self._execute(0)
-            else:
-                if m.protocol_version == 0 and session is not None:
-                    session.set_passthrough_mode(True, 24)
-                self._send(gw.DaveTransitionReady(m.transition_id))
-        elif isinstance(m, gw.DaveExecuteTransition):
-            self._execute(m.transition_id)
-        elif isinstance(m, gw.DavePrepareEpoch):
-            if m.epoch == 1:
-                self.protocol_version = m.protocol_version
-                self._reinit()
-        elif session is None:
-            return
-        elif isinstance(m, gw.DaveMlsExternalSender):
-            session.set_external_sender(m.payload)
-        elif isinstance(m, gw.DaveMlsProposals):
-            if session.status == davey.SessionStatus.pending and self._welcome_queued():
-                return  # already added by someone else's commit
-            kind = (
-                davey.ProposalsOperationType.append
-                if m.operation == gw.ProposalsOperation.APPEND
-                else davey.ProposalsOperationType.revoke
-            )
-            try:
-                result = session.process_proposals(kind, m.payload, sorted(self._recognised))
-            except ValueError as exc:
-                logger.warning("speaker %s refused proposals: %s", self.user_id, exc)
-                return
-            if result is not None:
-                self._send(gw.DaveMlsCommitWelcome(result.commit + (result.welcome or b"")))
-        elif isinstance(m, gw.DaveMlsAnnounceCommitTransition | gw.DaveMlsWelcome):
-            try:
-                if isinstance(m, gw.DaveMlsWelcome):
-                    session.process_welcome(m.welcome)
-                else:
-                    session.process_commit(m.commit)
-            except ValueError as exc:
-                logger.warning(
-                    "speaker %s: transition %d invalid: %s", self.user_id, m.transition_id, exc
-                )
-                self._recover(m.transition_id)
-                return
-            self._reinitializing = False
-            if m.transition_id:
-                self._pending[m.transition_id] = self.protocol_version
-                self._send(gw.DaveTransitionReady(m.transition_id))
+        queued = isinstance(m, gw.DaveMlsProposals) and self._welcome_queued()
+        for reply in self._dave.receive(m, welcome_queued=queued):
+            self._send(reply)
+        if isinstance(m, gw.SessionDescription) and not self._ready.done():
+            self._ready.set_result(None)
 
     def _welcome_queued(self) -> bool:
         welcome = gw.DaveMlsWelcome.op
@@ -481,39 +411,13 @@ class Speaker:
             for frame in self._link.queued()
         )
 
-    def _execute(self, transition_id: int) -> None:
-        version = self._pending.pop(transition_id, None)
-        if version is None:
-            return
-        if version == 0 and self.protocol_version != 0:
-            self._downgraded = True
-        elif transition_id > 0 and self._downgraded and self._dave is not None:
-            self._downgraded = False
-            self._dave.set_passthrough_mode(True, 10)
-        self.protocol_version = version
-
-    def _recover(self, transition_id: int) -> None:
-        if self._reinitializing:
-            return
-        self._reinitializing = True
-        self._send(gw.DaveMlsInvalidCommitWelcome(transition_id))
-        self._reinit()
-
     # -- media ------------------------------------------------------------------------------
 
     def _packet(self, opus: bytes) -> None:
         rtp, udp = self._rtp, self._udp
         if rtp is None or udp is None or udp.is_closing():
             return
-        payload = opus
-        dave = False
-        if opus != SILENCE_FRAME and self.dave_ready:
-            assert self._dave is not None
-            try:
-                payload = self._dave.encrypt_opus(opus)
-                dave = True
-            except ValueError as exc:  # e.g. mid-transition; send it plain, as discord.js
-                logger.debug("speaker %s: DAVE encrypt failed: %s", self.user_id, exc)
+        payload, dave = self._dave.encrypt(opus)
         self.sent.append(SentFrame(rtp.sequence, rtp.timestamp, opus, dave))
         udp.sendto(rtp.seal_opus(payload))
 
