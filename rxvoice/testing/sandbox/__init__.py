@@ -16,7 +16,8 @@
 - a **UDP relay** (an SFU) that answers IP discovery and re-encrypts media for
   each recipient, mixing in ``0xBEDE`` header extensions and RTCP;
 - **simulated speakers** that join like real DAVE clients and send real Opus:
-  a steady tone each (the default), or speech-like voices taking turns;
+  a steady tone each (the default), or speech-like voices taking turns, and,
+  when asked to listen, record what they hear from everyone else;
 - **fault knobs**: loss, reordering, duplication, jitter, corruption,
   truncation, garbage datagrams, dropped heartbeat ACKs, an invalid commit,
   join/leave churn.
@@ -394,6 +395,7 @@ class Sandbox:
         talk: bool = True,
         speech: bool | None = None,
         dave: bool | None = None,
+        listen: bool | None = None,
         channel_id: str | None = None,
         user_id: str | None = None,
         timeout: float = 10.0,
@@ -410,6 +412,8 @@ class Sandbox:
                 ``say(seconds)``, ``pause()``, ``leave()``.
             speech: Give it a speech voice; follows ``voices`` by default.
             dave: Whether it offers DAVE; follows the sandbox by default.
+            listen: Whether it receives, decrypts and records the others' media
+                (``speaker.heard``); follows :attr:`SandboxOptions.listen` by default.
             channel_id: The call; the sandbox's channel by default.
             user_id: Reuse a user id: a speaker already using it is replaced by a
                 new session (new SSRC and keys), as when a client reconnects.
@@ -437,6 +441,7 @@ class Sandbox:
             dave=self.options.dave if dave is None else dave,
             on_change=self._changed,
             voice=voice,
+            listen=self.options.listen if listen is None else listen,
         )
         self._speakers[speaker.user_id] = speaker
         try:
@@ -585,7 +590,8 @@ class Sandbox:
 
         For timing delivery: the relay sends at once (unless a fault knob delays
         the packet), so ``time.monotonic()`` in the callback is the send time.
-        Simulated speakers receive no media. ``None`` removes the callback.
+        Simulated speakers receive media only when they listen. ``None`` removes
+        the callback.
         """
         if self._relay is None:
             raise UsageError("the sandbox is not started")

@@ -30,6 +30,13 @@ speakers forming a group together, each would cost a commit over the whole
 group). Every Opus payload it sends is recorded in
 :attr:`Speaker.sent`, so a test can check bit-exact delivery, and the tone
 tells the speakers apart after decoding.
+
+A speaker added with ``listen=True`` also receives what the relay sends it,
+as a client does: it opens the transport encryption with its own key, maps
+SSRCs to users from op 5 (holding a few packets that arrive before their op 5),
+DAVE-decrypts with its own session, and records each frame in
+:attr:`Speaker.heard`, per sender, as the sender sent it. Speakers that do not
+listen get no media at all (the relay skips them).
 """
 
 from __future__ import annotations
@@ -48,12 +55,16 @@ import davey
 import numpy as np
 
 from rxvoice.audio.opus import CHANNELS, SAMPLE_RATE, SAMPLES_PER_FRAME, OpusEncoder
-from rxvoice.errors import MalformedMessage, MalformedPacket
+from rxvoice.errors import DaveError, MalformedMessage, MalformedPacket, ProtocolError
 from rxvoice.protocol import gateway as gw
 from rxvoice.protocol.closecodes import ClosePolicy, close_policy
 from rxvoice.protocol.crypto import RtpCrypto, choose_mode
-from rxvoice.protocol.ipdiscovery import IpDiscoveryRequest, IpDiscoveryResponse
-from rxvoice.protocol.rtp import SILENCE_FRAME
+from rxvoice.protocol.ipdiscovery import (
+    IP_DISCOVERY_SIZE,
+    IpDiscoveryRequest,
+    IpDiscoveryResponse,
+)
+from rxvoice.protocol.rtp import SILENCE_FRAME, DatagramKind, RtpPacket, classify
 from rxvoice.testing.sandbox.daveclient import DaveClient
 from rxvoice.testing.sandbox.links import Close, MemoryLink
 from rxvoice.testing.sandbox.voice import VoiceConnection, VoiceServer
@@ -82,7 +93,8 @@ def tone(frequency: float, index: int) -> np.ndarray:
     return np.repeat(mono[:, None], CHANNELS, axis=1)
 
 
-SENT_HISTORY = 30_000  # frames a speaker remembers in Speaker.sent
+SENT_HISTORY = 30_000  # frames a speaker remembers in Speaker.sent (and per sender in heard)
+_HELD = 250  # packets a listening speaker holds until op 5 names their SSRC (5 s of one sender)
 TONE_LOOP = 50  # frames encoded once, then replayed: one second
 
 
@@ -214,7 +226,7 @@ class SpeechVoice:
 
 @dataclass(frozen=True, slots=True)
 class SentFrame:
-    """One packet a speaker sent.
+    """One packet as a speaker sent it (and as a listening speaker heard it).
 
     Attributes:
         sequence: Its RTP sequence number.
@@ -230,14 +242,20 @@ class SentFrame:
 
 
 class _SpeakerUdp(asyncio.DatagramProtocol):
-    def __init__(self, on_discovery: Callable[[IpDiscoveryResponse], None]) -> None:
+    def __init__(
+        self,
+        on_discovery: Callable[[IpDiscoveryResponse], None],
+        on_media: Callable[[bytes], None] | None,
+    ) -> None:
         self._on_discovery = on_discovery
+        self._on_media = on_media  # None: not listening
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
-        if len(data) == 74 and data[:2] == b"\x00\x02":
+        if len(data) == IP_DISCOVERY_SIZE and data[:2] == b"\x00\x02":
             with contextlib.suppress(MalformedPacket):
                 self._on_discovery(IpDiscoveryResponse.parse(data))
-        # Other people's media is not this speaker's business.
+        elif self._on_media is not None:
+            self._on_media(data)
 
 
 class Speaker:
@@ -249,7 +267,13 @@ class Speaker:
         user_id: The speaker's user id.
         frequency: Its tone, in Hz; with a speech voice, the voice's pitch.
         voice: Its speech voice, or ``None`` for the tone.
-        sent: Every packet sent, in order.
+        listen: Whether it receives the others' media.
+        sent: Every packet sent, in order (the last :data:`SENT_HISTORY`).
+        heard: With ``listen``: per sender's user id, every packet received,
+            in arrival order, as its sender sent it (after transport and DAVE
+            decryption; the last :data:`SENT_HISTORY` per sender).
+        heard_errors: Packets received that could not be opened (transport or
+            DAVE decryption failed) or whose SSRC op 5 never named.
     """
 
     def __init__(
@@ -262,9 +286,11 @@ class Speaker:
         dave: bool,
         on_change: Callable[[], None],
         voice: SpeechVoice | None = None,
+        listen: bool = False,
     ) -> None:
         self._server = server
         self.user_id = user_id
+        self.listen = listen
         self.channel_id = channel_id
         self.frequency = frequency
         self.voice = voice
@@ -274,6 +300,12 @@ class Speaker:
         # What it sent, for tests to compare; bounded so a long-running CLI
         # sandbox does not grow (about 10 minutes of audio).
         self.sent: collections.deque[SentFrame] = collections.deque(maxlen=SENT_HISTORY)
+        self.heard: collections.defaultdict[str, collections.deque[SentFrame]] = (
+            collections.defaultdict(lambda: collections.deque(maxlen=SENT_HISTORY))
+        )
+        self.heard_errors = 0
+        # Packets whose SSRC no op 5 has named yet (op 5 and RTP race).
+        self._unattributed: collections.deque[RtpPacket] = collections.deque(maxlen=_HELD)
         self._session_id, self._token = server.mint(user_id, channel_id)
         self._loop = asyncio.get_running_loop()
         self._link = MemoryLink()
@@ -323,10 +355,10 @@ class Speaker:
     async def join(self, timeout: float = 10.0) -> None:
         """Identify, do IP discovery and select the protocol; return once op 4 arrived."""
         self._udp, _ = await self._loop.create_datagram_endpoint(
-            lambda: _SpeakerUdp(self._on_discovery),
+            lambda: _SpeakerUdp(self._on_discovery, self._hear if self.listen else None),
             remote_addr=(self._server.media_ip, self._server.media_port),
         )
-        self._conn = self._server.open(self._link)
+        self._conn = self._server.open(self._link, listens=self.listen)
         self._reader = self._loop.create_task(self._read(), name=f"speaker-{self.user_id}")
         self._send(
             gw.Identify(
@@ -373,7 +405,7 @@ class Speaker:
         if close_policy(code) is ClosePolicy.RESUME and self._ready.done():
             logger.info("speaker %s resumes after close %s", self.user_id, code)
             self._link = MemoryLink()
-            self._conn = self._server.open(self._link)
+            self._conn = self._server.open(self._link, listens=self.listen)
             self._send(
                 gw.Resume(
                     server_id=self._server.guild_id,
@@ -403,6 +435,11 @@ class Speaker:
             self._send(reply)
         if isinstance(m, gw.SessionDescription) and not self._ready.done():
             self._ready.set_result(None)
+        elif isinstance(m, gw.Speaking) and self._unattributed:
+            held = [p for p in self._unattributed if p.header.ssrc == m.ssrc]
+            for packet in held:
+                self._unattributed.remove(packet)
+                self._attribute(packet)
 
     def _welcome_queued(self) -> bool:
         welcome = gw.DaveMlsWelcome.op
@@ -412,6 +449,34 @@ class Speaker:
         )
 
     # -- media ------------------------------------------------------------------------------
+
+    def _hear(self, datagram: bytes) -> None:
+        rtp = self._rtp
+        if rtp is None or classify(datagram) is not DatagramKind.RTP:
+            return  # RTCP and keepalives: nothing to hear
+        try:
+            packet = rtp.open(datagram)
+        except ProtocolError:
+            self.heard_errors += 1
+            return
+        self._attribute(packet)
+
+    def _attribute(self, packet: RtpPacket) -> None:
+        try:
+            heard = self._dave.decrypt(packet.header.ssrc, packet.payload)
+        except DaveError as exc:
+            logger.debug("speaker %s: %s", self.user_id, exc)
+            self.heard_errors += 1
+            return
+        if heard is None:
+            if len(self._unattributed) == self._unattributed.maxlen:
+                self.heard_errors += 1  # the oldest held packet is given up
+            self._unattributed.append(packet)
+            return
+        user_id, opus, dave = heard
+        header = packet.header
+        self.heard[user_id].append(SentFrame(header.sequence, header.timestamp, opus, dave))
+        self._on_change()
 
     def _packet(self, opus: bytes) -> None:
         rtp, udp = self._rtp, self._udp

@@ -140,6 +140,8 @@ class ParticipantInfo:
         connected: Whether a WebSocket (or in-memory link) is attached now.
         speaking: The last op 5 flags.
         simulated: Whether this is one of the sandbox's simulated speakers.
+        listens: Whether the relay sends this user the others' media (clients
+            always; simulated speakers only when they listen).
         udp_address: Where the relay sends this user's media.
         packets_in: RTP packets accepted from this user.
         packets_out: RTP packets relayed to this user.
@@ -156,6 +158,7 @@ class ParticipantInfo:
     connected: bool
     speaking: int
     simulated: bool
+    listens: bool
     udp_address: tuple[str, int] | None
     packets_in: int
     packets_out: int
@@ -186,6 +189,7 @@ class Participant:
     ssrc: int
     max_dave: int
     simulated: bool = False
+    listens: bool = True  # the relay sends this user media
     mode: EncryptionMode | None = None
     key: bytes = field(default=b"", repr=False)
     cipher: TransportCipher | None = field(default=None, repr=False)
@@ -222,6 +226,7 @@ class Participant:
             connected=self.conn is not None,
             speaking=self.speaking,
             simulated=self.simulated,
+            listens=self.listens,
             udp_address=self.udp_addr,
             packets_in=self.packets_in,
             packets_out=self.packets_out,
@@ -235,6 +240,7 @@ class VoiceConnection:
     """One WebSocket (or in-memory link) to the voice gateway."""
 
     link: Link
+    listens: bool = True
     session: Participant | None = None
     closing: bool = False
     heartbeat_timer: Timer | None = None
@@ -371,9 +377,15 @@ class VoiceServer:
 
     # -- connections ------------------------------------------------------------------------
 
-    def open(self, link: Link) -> VoiceConnection:
-        """Register a new connection and greet it with op 8 Hello."""
-        conn = VoiceConnection(link)
+    def open(self, link: Link, *, listens: bool = True) -> VoiceConnection:
+        """Register a new connection and greet it with op 8 Hello.
+
+        Args:
+            link: Where to send its frames.
+            listens: Whether the session it identifies gets the others' media
+                from the relay (a simulated speaker may not want it).
+        """
+        conn = VoiceConnection(link, listens)
         self._conns.add(conn)
         self._count("voice_connections")
         link.send(gw.serialize(gw.Hello(heartbeat_interval=self.heartbeat_interval, version=8)))
@@ -633,6 +645,7 @@ class VoiceServer:
             ssrc=self._new_ssrc(),
             max_dave=m.max_dave_protocol_version if self.options.dave else 0,
             simulated=conn.link.in_process,
+            listens=conn.listens,
         )
         conn.session = p
         p.conn = conn
