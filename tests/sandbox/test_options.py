@@ -9,7 +9,7 @@ import pytest
 
 from rxvoice.errors import InvalidArgument, UsageError
 from rxvoice.testing.sandbox import Faults, Sandbox, SandboxOptions
-from rxvoice.testing.sandbox.cli import add_arguments, options_from
+from rxvoice.testing.sandbox.cli import add_arguments, options_from, run
 
 XCHACHA = "aead_xchacha20_poly1305_rtpsize"
 
@@ -86,3 +86,14 @@ def test_cli_flags_map_onto_the_options() -> None:
         parse("--loss", "101")
     with pytest.raises(InvalidArgument, match="resume_window"):
         parse("--resume-window", "-1")
+
+
+@pytest.mark.parametrize(
+    "argv", [("--resume-window", "-1"), ("--loss", "150"), ("--host", "::1"), ("--port", "65535")]
+)
+def test_a_bad_flag_is_one_line_and_exit_2(argv: tuple[str, ...], capsys) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rxvoice sandbox: error: ") and err.count("\n") == 1

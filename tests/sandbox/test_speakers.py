@@ -208,7 +208,7 @@ async def test_initial_speakers_form_one_group_and_talk_without_pauses() -> None
         await settled(sb, sb.speakers, listener)
         _, packet = await listener.recv_rtp()
         assert (listener.user_id, packet.header.ssrc, packet.header.sequence) in relayed
-        # Media goes to clients only: the speakers would drop it.
+        # Media goes to clients only: these speakers do not listen.
         simulated = [p for p in sb.participants() if p.simulated]
         assert len(simulated) == 4 and all(p.packets_out == 0 for p in simulated)
 
