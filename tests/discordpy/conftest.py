@@ -15,12 +15,9 @@ import pytest
 import yarl
 from discord.gateway import DiscordWebSocket
 
-from rxvoice.connection import Connection
-from rxvoice.shard import GatewayShard
 from rxvoice.testing.sandbox import Sandbox
 
 Login = Callable[..., Awaitable[Any]]
-Listen = Callable[..., Awaitable[Connection]]
 
 
 @pytest.fixture
@@ -64,30 +61,3 @@ async def login(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         await client.close()
         with contextlib.suppress(Exception):
             await runner
-
-
-@pytest.fixture
-async def listen(sandbox: Sandbox) -> AsyncIterator[Listen]:
-    """``await listen(channel_id=None)``: another bot (rxvoice's own shard) in a call."""
-    made: list[tuple[Connection, GatewayShard]] = []
-
-    async def make(channel_id: str | None = None) -> Connection:
-        shard = GatewayShard(
-            sandbox.add_bot()[0], url=sandbox.gateway_url, ssl=sandbox.client_ssl()
-        )
-        await shard.start()
-        conn = Connection(
-            guild_id=sandbox.guild_id,
-            channel_id=channel_id or sandbox.channel_id,
-            shard=shard,
-            ssl=sandbox.client_ssl(),
-        )
-        made.append((conn, shard))
-        await conn.connect()
-        return conn
-
-    yield make
-    for conn, shard in made:
-        with contextlib.suppress(Exception):
-            await conn.close()
-        await shard.close()

@@ -9,10 +9,10 @@ from typing import Any
 import discord
 import numpy as np
 import pytest
-from reactivex import operators as ops
 from reactivex.subject import Subject
 
 from rxvoice import operators as vops
+from rxvoice.audio.opus import OpusDecoder
 from rxvoice.discordpy import RxVoiceClient
 from rxvoice.errors import DaveRequired
 from rxvoice.events import ConnectionState, PcmChunk
@@ -21,7 +21,7 @@ from rxvoice.testing.packets import concat, dominant_frequency, opus_tone, tone_
 from rxvoice.testing.sandbox import Sandbox, Speaker
 from tests.integration.helpers import Recorder, count, hear_everything, payloads_of, until_in_group
 
-from .conftest import Listen, Login
+from .conftest import Login
 
 HANDSHAKE = [
     ConnectionState.IDLE,
@@ -54,10 +54,11 @@ async def settle(sandbox: Sandbox, vc: RxVoiceClient, speakers: list[Speaker]) -
 
 
 async def test_bot_hears_two_speakers_through_dave_and_is_heard(
-    sandbox: Sandbox, login: Login, listen: Listen
+    sandbox: Sandbox, login: Login
 ) -> None:
-    alice = await sandbox.add_speaker(440.0, talk=False)
-    bob = await sandbox.add_speaker(700.0, talk=False)
+    # Both speakers listen: each receives and DAVE-decrypts what the bot sends.
+    alice = await sandbox.add_speaker(440.0, talk=False, listen=True)
+    bob = await sandbox.add_speaker(700.0, talk=False, listen=True)
     client = await login()
     channel = client.get_channel(int(sandbox.channel_id))
     assert isinstance(channel, discord.VoiceChannel)
@@ -96,21 +97,22 @@ async def test_bot_hears_two_speakers_through_dave_and_is_heard(
     await beats.wait_for(count(1))
     assert 0 < vc.latency < 1 and 0 < vc.average_latency < 1
 
-    # The bot talks; another bot in the call hears it, DAVE-encrypted end to end.
-    listener = await listen()
-    await until_in_group(listener, sandbox.bot_user_id)
-    await until_in_group(vc.connection, str(listener.user_id))
-    heard = Recorder(listener.on_audio_frame)
+    # The bot talks; both speakers hear every frame bit-exact, DAVE-encrypted end to
+    # end (each with its own DAVE session, not rxvoice's).
     sent = [opus_tone(523.0, i) for i in range(50)]
     assert await vc.play_opus(sent) == 50
     bot = sandbox.bot_user_id
-    await heard.wait_for(lambda fs: len(payloads_of(fs, bot)) >= 55)
-    assert [f.opus for f in heard.items if f.user_id == bot] == [*sent, *[SILENCE_FRAME] * 5]
+    await sandbox.wait_for(lambda: all(len(s.heard[bot]) >= 55 for s in (alice, bob)))
+    for speaker in (alice, bob):
+        heard = list(speaker.heard[bot])
+        assert [f.opus for f in heard] == [*sent, *[SILENCE_FRAME] * 5]
+        assert [f.dave for f in heard] == [True] * 50 + [False] * 5  # silence goes plain
+        assert [f.sequence for f in heard] == [(heard[0].sequence + i) & 0xFFFF for i in range(55)]
+        assert speaker.heard_errors == 0
     assert vc.connection.dave.stats.encrypted == 50
 
     # discord.py's own API: vc.play(AudioSource) with PCM, encoded by rxvoice.
-    mine = Recorder(listener.on_audio_frame.pipe(ops.filter(lambda f: f.user_id == bot)))
-    decoded = Recorder(listener.on_audio_frame.pipe(vops.decode_opus()))
+    before = len(alice.heard[bot])
     tone = np.concatenate([tone_pcm(660.0, i) for i in range(40)])
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[Exception | None] = loop.create_future()
@@ -120,8 +122,10 @@ async def test_bot_hears_two_speakers_through_dave_and_is_heard(
         vc.play(discord.PCMAudio(io.BytesIO(b"")))
     assert await finished is None
     assert not vc.is_playing() and vc.source is None
-    await mine.wait_for(count(45))  # 40 frames, then 5 of silence
-    assert pitch(decoded.items, bot) == pytest.approx(660.0, abs=5)
+    await sandbox.wait_for(lambda: len(alice.heard[bot]) >= before + 45)  # 40, then 5 silent
+    decoder = OpusDecoder()
+    played = [decoder.decode(f.opus) for f in list(alice.heard[bot])[before:]]
+    assert dominant_frequency(np.concatenate(played[5:])) == pytest.approx(660.0, abs=5)
 
 
 class ToneSource(discord.AudioSource):

@@ -10,19 +10,20 @@ import pytest
 
 from rxvoice.connection import Connection
 from rxvoice.shard import GatewayShard
-from rxvoice.testing.sandbox import Sandbox
+from rxvoice.testing.sandbox import Sandbox, SandboxOptions
 
 Join = Callable[..., Awaitable[Connection]]
 
 
+#: Quicker than Discord's timings, so that tests of timeouts do not wait long.
+TEST_OPTIONS = SandboxOptions(heartbeat_interval=1000.0, transition_timeout=1.0)
+
+
 @pytest.fixture
 async def sandbox(request: pytest.FixtureRequest) -> AsyncIterator[Sandbox]:
-    """A sandbox with DAVE; ``@pytest.mark.sandbox(...)`` passes options."""
+    """A sandbox with DAVE; ``@pytest.mark.sandbox(...)`` changes :class:`SandboxOptions` fields."""
     marker = request.node.get_closest_marker("sandbox")
-    options: dict[str, Any] = {"heartbeat_interval": 1000.0, "transition_timeout": 1.0}
-    if marker is not None:
-        options.update(marker.kwargs)
-    async with Sandbox(**options) as sb:
+    async with Sandbox(TEST_OPTIONS, **(marker.kwargs if marker else {})) as sb:
         yield sb
 
 

@@ -2,30 +2,36 @@
 
 It uses only the protocol layer (message parse/serialize, TransportCipher,
 RtpCrypto, IP discovery) and never rxvoice's Connection or transports, so the
-tests prove the sandbox on their own. DAVE is handled the way discord.js's
-DAVESession does it (key package at op 4, commit on proposals, op 23 after a
-commit or welcome, op 31 + reinit on a bad one), automatically, unless
-``auto_dave=False``.
+tests prove the sandbox on their own. DAVE is the sandbox's sans-I/O
+:class:`~rxvoice.testing.sandbox.daveclient.DaveClient` (discord.js's
+DAVESession: key package at op 4, commit on proposals, op 23 after a commit or
+welcome, op 31 + reinit on a bad one), fed every message, unless
+``auto_dave=False`` (then it only tracks the roster and SSRCs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ssl
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import davey
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from rxvoice.protocol import gateway as gw
 from rxvoice.protocol.crypto import EncryptionMode, RtpCrypto, TransportCipher
 from rxvoice.protocol.ipdiscovery import IpDiscoveryRequest, IpDiscoveryResponse
-from rxvoice.protocol.rtp import SILENCE_FRAME, DatagramKind, RtpHeader, RtpPacket, classify
+from rxvoice.protocol.rtp import DatagramKind, RtpHeader, RtpPacket, classify
+from rxvoice.testing.sandbox.daveclient import DaveClient
+
+if TYPE_CHECKING:
+    import davey
 
 M = TypeVar("M")
+_ROSTER = (gw.ClientsConnect, gw.ClientDisconnect, gw.Speaking)
 AES = EncryptionMode.AEAD_AES256_GCM_RTPSIZE.value
 XCHACHA = EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE.value
 
@@ -77,15 +83,8 @@ class RawVoiceClient:
         self._discovery: asyncio.Future[IpDiscoveryResponse] | None = None
         self.cipher: TransportCipher | None = None
         self.rtp: RtpCrypto | None = None
-        self.ssrc_user: dict[int, str] = {}
-        # DAVE
-        self.dave: davey.DaveSession | None = None
-        self.protocol_version = 0
-        self.recognised: set[int] = set()
-        self.pending: dict[int, int] = {}
+        self.e2ee = DaveClient(user_id, channel_id)
         self.sent_ops: list[tuple[int, int | None]] = []  # (op, transition id)
-        self.transitions_executed: list[int] = []
-        self.dave_errors: list[str] = []
 
     # -- WebSocket ------------------------------------------------------------------------
 
@@ -107,8 +106,9 @@ class RawVoiceClient:
                         asyncio.get_running_loop().create_task(self._beat(m.heartbeat_interval))
                     )
                 self._track(m)
-                if self.auto_dave:
-                    await self._dave_handle(m)
+                if self.auto_dave or isinstance(m, _ROSTER):
+                    for reply in self.e2ee.receive(m):
+                        await self.send(reply)
                 self._pulse()
         except websockets.ConnectionClosed:
             pass
@@ -219,10 +219,7 @@ class RawVoiceClient:
     def send_opus(self, opus: bytes) -> bytes:
         """Send one frame (DAVE-encrypted when ready); returns the payload sent."""
         assert self.rtp is not None and self.udp is not None
-        payload = opus
-        if opus != SILENCE_FRAME and self.dave_ready:
-            assert self.dave is not None
-            payload = self.dave.encrypt_opus(opus)
+        payload, _ = self.e2ee.encrypt(opus)
         self.udp.sendto(self.rtp.seal_opus(payload))
         return payload
 
@@ -239,9 +236,9 @@ class RawVoiceClient:
                     return data, self.cipher.open(data)
 
     def dave_decrypt(self, ssrc: int, payload: bytes) -> bytes:
-        assert self.dave is not None
-        user = self.ssrc_user[ssrc]
-        return self.dave.decrypt(int(user), davey.MediaType.audio, payload)
+        heard = self.e2ee.decrypt(ssrc, payload)
+        assert heard is not None, f"no op 5 for ssrc {ssrc}"
+        return heard[1]
 
     # -- message tracking -----------------------------------------------------------------
 
@@ -251,97 +248,36 @@ class RawVoiceClient:
             self.cipher = TransportCipher(mode, m.secret_key)
             if self.rtp is None:
                 self.rtp = RtpCrypto(mode, m.secret_key, self.ssrc)
-        elif isinstance(m, gw.ClientsConnect):
-            self.recognised.update(int(u) for u in m.user_ids)
-        elif isinstance(m, gw.ClientDisconnect):
-            self.recognised.discard(int(m.user_id))
-        elif isinstance(m, gw.Speaking) and m.user_id is not None:
-            self.ssrc_user[m.ssrc] = m.user_id
 
-    # -- DAVE (discord.js DAVESession behaviour) ------------------------------------------
+    # -- DAVE state (the DaveClient's) ----------------------------------------------------
 
-    def reinit(self) -> bytes | None:
-        if self.protocol_version > 0:
-            if self.dave is None:
-                self.dave = davey.DaveSession(
-                    self.protocol_version, int(self.user_id), int(self.channel_id)
-                )
-            else:
-                self.dave.reinit(self.protocol_version, int(self.user_id), int(self.channel_id))
-            return self.dave.get_serialized_key_package()
-        if self.dave is not None:
-            self.dave.reset()
-            self.dave.set_passthrough_mode(True, 10)
-        return None
+    @property
+    def ssrc_user(self) -> dict[int, str]:
+        return self.e2ee.ssrcs
 
-    async def _send_key_package(self) -> None:
-        kp = self.reinit()
-        if kp is not None:
-            await self.send(gw.DaveMlsKeyPackage(kp))
+    @property
+    def dave(self) -> davey.DaveSession | None:
+        return self.e2ee.session
 
-    async def _dave_handle(self, m: gw.GatewayMessage) -> None:
-        if isinstance(m, gw.SessionDescription):
-            self.protocol_version = m.dave_protocol_version
-            await self._send_key_package()
-        elif isinstance(m, gw.DavePrepareTransition):
-            self.pending[m.transition_id] = m.protocol_version
-            if m.transition_id == 0:
-                self._execute(0)
-            else:
-                if m.protocol_version == 0 and self.dave is not None:
-                    self.dave.set_passthrough_mode(True, 24)
-                await self.send(gw.DaveTransitionReady(m.transition_id))
-        elif isinstance(m, gw.DaveExecuteTransition):
-            self._execute(m.transition_id)
-        elif isinstance(m, gw.DavePrepareEpoch):
-            if m.epoch == 1:
-                self.protocol_version = m.protocol_version
-                await self._send_key_package()
-        elif self.dave is None:
-            return
-        elif isinstance(m, gw.DaveMlsExternalSender):
-            self.dave.set_external_sender(m.payload)
-        elif isinstance(m, gw.DaveMlsProposals):
-            op = (
-                davey.ProposalsOperationType.append
-                if m.operation == gw.ProposalsOperation.APPEND
-                else davey.ProposalsOperationType.revoke
-            )
-            try:
-                cw = self.dave.process_proposals(op, m.payload, sorted(self.recognised))
-            except ValueError as exc:
-                self.dave_errors.append(f"proposals: {exc}")
-                return
-            if cw is not None:
-                await self.send(gw.DaveMlsCommitWelcome(cw.commit + (cw.welcome or b"")))
-        elif isinstance(m, gw.DaveMlsAnnounceCommitTransition | gw.DaveMlsWelcome):
-            try:
-                if isinstance(m, gw.DaveMlsWelcome):
-                    self.dave.process_welcome(m.welcome)
-                else:
-                    self.dave.process_commit(m.commit)
-            except ValueError as exc:
-                self.dave_errors.append(f"op {m.op}: {exc}")
-                await self.send(gw.DaveMlsInvalidCommitWelcome(m.transition_id))
-                await self._send_key_package()
-                return
-            if m.transition_id:
-                self.pending[m.transition_id] = self.protocol_version
-                await self.send(gw.DaveTransitionReady(m.transition_id))
+    @property
+    def protocol_version(self) -> int:
+        return self.e2ee.protocol_version
 
-    def _execute(self, tid: int) -> None:
-        version = self.pending.pop(tid, None)
-        if version is not None:
-            self.protocol_version = version
-            self.transitions_executed.append(tid)
+    @property
+    def pending(self) -> dict[int, int]:
+        return self.e2ee.pending
+
+    @property
+    def dave_errors(self) -> collections.deque[str]:
+        return self.e2ee.errors
 
     @property
     def epoch(self) -> int | None:
-        return None if self.dave is None else self.dave.epoch
+        return self.e2ee.epoch
 
     @property
     def dave_ready(self) -> bool:
-        return self.dave is not None and self.dave.ready and self.protocol_version > 0
+        return self.e2ee.ready
 
     # -- shutdown -------------------------------------------------------------------------
 

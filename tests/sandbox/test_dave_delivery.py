@@ -1,16 +1,16 @@
 """DaveDeliveryService driven against real davey sessions, with no network.
 
-A small harness plays the clients: each DAVE user is a ``davey.DaveSession``
-that reacts to the service's outputs the way discord.js / discord.py do
-(protocol.md §5.7, §7.5). Messages travel through one FIFO queue, like ordered
-WebSockets, and time only moves when a test says so.
+A small harness plays the clients: each DAVE user is the sandbox's sans-I/O
+:class:`~rxvoice.testing.sandbox.daveclient.DaveClient` (its own
+``davey.DaveSession``, reacting to the service's outputs the way discord.js
+does, protocol.md §5.7, §7.5). Messages travel through one FIFO queue, like
+ordered WebSockets, and time only moves when a test says so.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import davey
 import pytest
@@ -20,7 +20,6 @@ from rxvoice.errors import DaveRequired, UsageError
 from rxvoice.protocol.gateway import (
     ClientDisconnect,
     ClientsConnect,
-    DaveExecuteTransition,
     DaveMlsAnnounceCommitTransition,
     DaveMlsCommitWelcome,
     DaveMlsExternalSender,
@@ -33,22 +32,20 @@ from rxvoice.protocol.gateway import (
     DaveTransitionReady,
     GatewayMessage,
     ProposalsOperation,
+    SessionDescription,
 )
 from rxvoice.testing.sandbox import mls
 from rxvoice.testing.sandbox.dave import DaveDeliveryService, Out, next_transition_id
+from rxvoice.testing.sandbox.daveclient import DaveClient
 from tests.sandbox.test_mls import fake_commit
 
 CHANNEL = 927310423890473011
 A, B, C, D = "1001", "1002", "1003", "1004"
 N = "2001"  # a client without DAVE
 FRAME = bytes(range(40))  # an Opus-sized payload
+AES = "aead_aes256_gcm_rtpsize"
 # In our external Add: 2+2 header, V(8-byte group) 9, epoch 8, sender 5, V() 1, type 1, add 2.
 _ADD_KEY_PACKAGE_AT = 30
-
-_OPS = {
-    ProposalsOperation.APPEND: davey.ProposalsOperationType.append,
-    ProposalsOperation.REVOKE: davey.ProposalsOperationType.revoke,
-}
 
 
 @dataclass(frozen=True)
@@ -71,14 +68,25 @@ class Up:
 class Client:
     """A DAVE client as the real libraries behave, minus the sockets."""
 
-    user_id: str
-    session: davey.DaveSession
-    roster: set[str] = field(default_factory=set)  # op 11 minus op 13
-    received: list[GatewayMessage] = field(default_factory=list)
-    executed: list[int] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    passthrough: bool = False
+    dave: DaveClient
     send_ready: bool = True  # send op 23 (a test may make a client "hang")
+
+    @property
+    def user_id(self) -> str:
+        return self.dave.user_id
+
+    @property
+    def session(self) -> davey.DaveSession:
+        assert self.dave.session is not None
+        return self.dave.session
+
+    @property
+    def executed(self) -> list[int]:
+        return list(self.dave.executed)
+
+    @property
+    def errors(self) -> deque[str]:
+        return self.dave.errors
 
 
 class Call:
@@ -101,11 +109,10 @@ class Call:
         version = self.svc.session_description_version(user_id)
         self.present.add(user_id)
         if dave:
-            session = davey.DaveSession(1, int(user_id), CHANNEL)
-            client = Client(user_id, session, roster=set(self.present))
-            self.clients[user_id] = client
-            if version > 0:  # op 4 said DAVE: the client sends a key package right away
-                self.key_package(user_id)
+            client = self.clients[user_id] = Client(DaveClient(user_id, str(CHANNEL)))
+            client.dave.receive(ClientsConnect(tuple(self.present - {user_id})))  # op 11
+            # op 4: with DAVE, the client sends a key package right away.
+            self.on_message(client, SessionDescription(AES, bytes(32), version))
         self.deliver(out)
         if run:
             self.run()
@@ -138,7 +145,6 @@ class Call:
         if isinstance(item, Down):
             client = self.clients.get(item.user_id)
             if client is not None:
-                client.received.append(item.message)
                 self.on_message(client, item.message)
             return
         user_id, svc, now = item.user_id, self.svc, self.now
@@ -186,57 +192,9 @@ class Call:
     # -- the client side -----------------------------------------------------------------
 
     def on_message(self, client: Client, message: GatewayMessage) -> None:
-        session, uid = client.session, client.user_id
-        match message:
-            case ClientsConnect(user_ids=user_ids):
-                client.roster.update(user_ids)
-            case ClientDisconnect(user_id=gone):
-                client.roster.discard(gone)
-            case DaveMlsExternalSender(payload=payload):
-                session.set_external_sender(payload)
-            case DaveMlsProposals(operation=operation, payload=payload):
-                expected = [int(u) for u in client.roster]
-                try:
-                    result = session.process_proposals(_OPS[operation], payload, expected)
-                except ValueError as exc:
-                    client.errors.append(f"proposals: {exc}")
-                    return
-                if result is not None:
-                    payload = result.commit + (result.welcome or b"")
-                    self.queue.append(Up(uid, DaveMlsCommitWelcome(payload)))
-            case DaveMlsAnnounceCommitTransition(transition_id=tid, commit=commit):
-                self.process(client, tid, lambda: session.process_commit(commit))
-            case DaveMlsWelcome(transition_id=tid, welcome=welcome):
-                self.process(client, tid, lambda: session.process_welcome(welcome))
-            case DavePrepareEpoch(protocol_version=version, epoch=1):
-                session.reinit(version, int(uid), CHANNEL)
-                self.key_package(uid)
-            case DavePrepareTransition(protocol_version=version, transition_id=tid):
-                if version == 0:
-                    session.set_passthrough_mode(True)
-                    client.passthrough = True
-                if tid == 0:
-                    client.executed.append(0)
-                elif client.send_ready:
-                    self.queue.append(Up(uid, DaveTransitionReady(tid)))
-            case DaveExecuteTransition(transition_id=tid):
-                client.executed.append(tid)
-            case _:
-                pass
-
-    def process(self, client: Client, tid: int, action: Callable[[], None]) -> None:
-        uid = client.user_id
-        try:
-            action()
-        except ValueError as exc:
-            # What discord.js / discord.py do: op 31, reset, a new key package.
-            client.errors.append(f"transition {tid}: {exc}")
-            self.queue.append(Up(uid, DaveMlsInvalidCommitWelcome(tid)))
-            client.session.reinit(1, int(uid), CHANNEL)
-            self.key_package(uid)
-            return
-        if tid and client.send_ready:
-            self.queue.append(Up(uid, DaveTransitionReady(tid)))
+        for reply in client.dave.receive(message):
+            if client.send_ready or not isinstance(reply, DaveTransitionReady):
+                self.queue.append(Up(client.user_id, reply))
 
     # -- checks --------------------------------------------------------------------------
 
@@ -590,7 +548,7 @@ def test_downgrade_and_upgrade(call: Call) -> None:
     assert len(down) == 1 and isinstance(down[0], DavePrepareTransition)
     assert down[0].protocol_version == 0 and down[0].transition_id != 0
     assert call.clients[A].executed[-1] == call.clients[B].executed[-1] == down[0].transition_id
-    assert call.clients[A].passthrough and call.clients[B].passthrough
+    assert call.clients[A].dave.protocol_version == call.clients[B].dave.protocol_version == 0
     assert svc.epoch == 0 and svc.members == ()
 
     call.join(C)  # joins a version-0 call: no op 25, no key package

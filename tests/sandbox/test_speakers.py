@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from rxvoice.audio.opus import SAMPLE_RATE, OpusDecoder
 from rxvoice.protocol import gateway as gw
 from rxvoice.protocol.daveframe import is_dave_frame
 from rxvoice.protocol.rtp import SILENCE_FRAME
-from rxvoice.testing.sandbox import Sandbox, Speaker
+from rxvoice.testing.sandbox import Faults, Sandbox, SentFrame, Speaker
 from rxvoice.testing.sandbox.speakers import TONE_LOOP, EncodedTone
 from tests.sandbox.rawclient import RawVoiceClient, harness
 
@@ -207,7 +208,7 @@ async def test_initial_speakers_form_one_group_and_talk_without_pauses() -> None
         await settled(sb, sb.speakers, listener)
         _, packet = await listener.recv_rtp()
         assert (listener.user_id, packet.header.ssrc, packet.header.sequence) in relayed
-        # Media goes to clients only: the speakers would drop it.
+        # Media goes to clients only: these speakers do not listen.
         simulated = [p for p in sb.participants() if p.simulated]
         assert len(simulated) == 4 and all(p.packets_out == 0 for p in simulated)
 
@@ -230,3 +231,35 @@ async def test_speakers_added_together_join_a_clients_call_in_one_commit() -> No
         service = sb.dave()
         assert service is not None
         assert service.epoch == 1 and service.stats.commits_accepted == 1
+
+
+async def test_a_listening_speaker_hears_everyone_bit_exact_through_dave() -> None:
+    # op 5 reaches the others 0.1 s after the sender's first packets: they wait for it.
+    async with harness(faults=Faults(speaking_delay=0.1), rtcp_interval=10) as h:
+        sb = h.sb
+        ear = await sb.add_speaker(talk=False, listen=True)
+        mouth = await sb.add_speaker(talk=False)
+        client = await h.joined()
+        await settled(sb, [ear, mouth], client)
+
+        await mouth.talk(10)
+        await mouth.pause()
+        await client.speak(1)
+        await sb.wait_for(lambda: any(p.speaking for p in sb.participants() if not p.simulated))
+        assert client.rtp is not None
+        expected = []
+        for i in range(10):
+            opus = os.urandom(20 + i)
+            expected.append(SentFrame(client.rtp.sequence, client.rtp.timestamp, opus, True))
+            client.send_opus(opus)
+        await sb.wait_for(lambda: len(ear.heard[client.user_id]) == 10)
+        await sb.wait_for(lambda: len(ear.heard[mouth.user_id]) == 15)
+        assert list(ear.heard[client.user_id]) == expected  # bit-exact, DAVE end to end
+        assert list(ear.heard[mouth.user_id]) == list(mouth.sent)
+        assert ear.heard_errors == 0 and sb.counters["delayed_speaking"] >= 2
+
+        # Only the listener costs the relay anything; the other speaker got nothing.
+        info = {p.user_id: p for p in sb.participants()}
+        assert info[ear.user_id].listens and info[ear.user_id].packets_out >= 25
+        assert not info[mouth.user_id].listens and info[mouth.user_id].packets_out == 0
+        assert not mouth.heard

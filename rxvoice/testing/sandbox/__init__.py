@@ -16,7 +16,8 @@
 - a **UDP relay** (an SFU) that answers IP discovery and re-encrypts media for
   each recipient, mixing in ``0xBEDE`` header extensions and RTCP;
 - **simulated speakers** that join like real DAVE clients and send real Opus:
-  a steady tone each (the default), or speech-like voices taking turns;
+  a steady tone each (the default), or speech-like voices taking turns, and,
+  when asked to listen, record what they hear from everyone else;
 - **fault knobs**: loss, reordering, duplication, jitter, corruption,
   truncation, garbage datagrams, dropped heartbeat ACKs, an invalid commit,
   join/leave churn.
@@ -40,11 +41,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from types import TracebackType
@@ -54,10 +54,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from rxvoice.errors import UsageError
-from rxvoice.protocol.crypto import EncryptionMode
 from rxvoice.testing.sandbox.dave import DaveDeliveryService
 from rxvoice.testing.sandbox.faults import FaultInjector, Faults
 from rxvoice.testing.sandbox.gateway import MainGateway, check_gateway_request
+from rxvoice.testing.sandbox.options import WILDCARDS, SandboxOptions
 from rxvoice.testing.sandbox.relay import Relay
 from rxvoice.testing.sandbox.rest import API_PREFIX, RestApi
 from rxvoice.testing.sandbox.speakers import (
@@ -79,6 +79,7 @@ __all__ = [
     "Faults",
     "ParticipantInfo",
     "Sandbox",
+    "SandboxOptions",
     "SentFrame",
     "Speaker",
     "SpeechVoice",
@@ -87,12 +88,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_ALL_MODES = (
-    EncryptionMode.AEAD_AES256_GCM_RTPSIZE.value,
-    EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE.value,
-)
-_WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,99 +118,28 @@ class Sandbox:
     """A local Discord for voice clients; use it as an async context manager.
 
     Args:
-        speakers: Simulated speakers that join at start (together, see
-            :meth:`add_speakers`) and talk (see ``voices``).
-        voices: ``"tone"`` (the default): each speaker sings a steady sine,
-            speaker ``i`` at 300 + 150·i Hz, talking 1 s then pausing, all
-            at once. ``"speech"``: speech-like voices (vowels with a pitch
-            contour, speaker ``i`` around :func:`speech_pitch` ``(i)``) taking
-            turns like people, sometimes overlapping; a speaker added later
-            speaks next.
-        continuous_speech: Tone speakers added with ``talk=True`` talk without
-            pauses (50 packets a second each, no speaking changes).
-        dave: Offer DAVE (E2EE). Off: every op 4 says version 0.
-        require_dave: Close clients without DAVE with 4017, as Discord does
-            since 2026-03-01. Otherwise a non-DAVE client downgrades the call.
-        host: Address to bind (the advertised address is 127.0.0.1 for a
-            wildcard).
-        port: Main-gateway port; the voice gateway (TCP) and the relay (UDP)
-            use ``port + 1``. 0 picks free ports.
-        modes: Transport modes offered in Ready, in order.
-        heartbeat_interval: Voice Hello interval, in ms. A connection that
-            stays silent for two intervals is closed with 4009.
-        gateway_heartbeat_interval: Main-gateway Hello interval, in ms.
-        transition_timeout: Seconds before a DAVE transition executes without
-            every op 23.
-        resume_window: Seconds a voice session survives without its WebSocket.
-        replay_limit: Messages buffered per session for resume.
-        resume_gap_code: Close code for a resume the buffer cannot cover.
-        rtp_extensions: Put a ``0xBEDE`` extension on every other relayed packet.
-        rtcp_interval: Send an RTCP receiver report every this many relayed
-            packets per recipient (0: never).
-        faults: Fault knobs (see :class:`Faults`); :meth:`set_faults` changes them.
-        guild_id: The guild id; random when omitted.
-        channel_id: The voice channel id; random when omitted.
-        channels: Voice channels in the guild (``channel_ids``; the first is
-            ``channel_id``). Any snowflake works as a call; these are the ones
-            ``GUILD_CREATE`` lists, so a bot library's cache holds them.
+        options: How to set it up (see :class:`SandboxOptions`); the defaults
+            when omitted.
+        **changes: :class:`SandboxOptions` fields to change, e.g.
+            ``Sandbox(speakers=2, dave=False)``.
+
+    Raises:
+        InvalidArgument: An option is out of range (see :class:`SandboxOptions`).
     """
 
-    def __init__(
-        self,
-        *,
-        speakers: int = 0,
-        voices: str = "tone",
-        continuous_speech: bool = False,
-        dave: bool = True,
-        require_dave: bool = False,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        modes: Sequence[str] = _ALL_MODES,
-        heartbeat_interval: float = 41_250.0,
-        gateway_heartbeat_interval: float = 41_250.0,
-        transition_timeout: float = 2.0,
-        resume_window: float = 30.0,
-        replay_limit: int = 1024,
-        resume_gap_code: int = 4006,
-        rtp_extensions: bool = True,
-        rtcp_interval: int = 50,
-        faults: Faults | None = None,
-        guild_id: str | None = None,
-        channel_id: str | None = None,
-        channels: int = 1,
-    ) -> None:
-        if voices not in ("tone", "speech"):
-            raise UsageError(f"voices must be 'tone' or 'speech', got {voices!r}")
-        if require_dave and not dave:
-            raise UsageError("require_dave needs dave=True")
-        if channels < 1:
-            raise UsageError("channels must be at least 1")
-        if host not in _WILDCARDS and not _is_ipv4(host):
-            # Ready.ip must be IPv4 (clients open udp4 sockets, protocol.md §11).
-            raise UsageError(f"host must be an IPv4 address, got {host!r}")
-        self._initial_speakers = speakers
-        self.voices = voices
+    def __init__(self, options: SandboxOptions | None = None, /, **changes: Any) -> None:
+        options = SandboxOptions() if options is None else options
+        self.options = replace(options, **changes) if changes else options
         self._conversation: Conversation | None = None
         self._conversation_task: asyncio.Task[None] | None = None
         self._started = False
-        self.continuous_speech = continuous_speech
-        self.dave_enabled = dave
-        self.require_dave = require_dave
-        self.host = host
-        self._port = port
-        self._modes = tuple(modes)
-        self._heartbeat_interval = heartbeat_interval
-        self._gateway_heartbeat_interval = gateway_heartbeat_interval
-        self._transition_timeout = transition_timeout
-        self._resume_window = resume_window
-        self._replay_limit = replay_limit
-        self._resume_gap_code = resume_gap_code
-        self._rtp_extensions = rtp_extensions
-        self._rtcp_interval = rtcp_interval
-        self._injector = FaultInjector(faults)
-        self.guild_id = guild_id or new_snowflake()
-        self.channel_id = channel_id or new_snowflake()
-        self.channel_ids = [self.channel_id, *(new_snowflake() for _ in range(channels - 1))]
+        self._injector = FaultInjector(self.options.faults)
+        self.guild_id = self.options.guild_id or new_snowflake()
+        self.channel_id = self.options.channel_id or new_snowflake()
+        self.channel_ids = [
+            self.channel_id,
+            *(new_snowflake() for _ in range(self.options.channels - 1)),
+        ]
         self._counters: collections.Counter[str] = collections.Counter()
         self._waiters: list[asyncio.Future[None]] = []
         self._speakers: dict[str, Speaker] = {}
@@ -226,7 +150,6 @@ class Sandbox:
         self._servers: list[Server] = []
         self._udp: asyncio.DatagramTransport | None = None
         self._relay: Relay | None = None
-        self._tick: asyncio.Task[None] | None = None
         self._voice: VoiceServer | None = None
         self._gateway: MainGateway | None = None
         self._rest: RestApi | None = None
@@ -258,7 +181,8 @@ class Sandbox:
         if self._voice is not None:
             raise UsageError("the sandbox is already started")
         loop = asyncio.get_running_loop()
-        advertised = "127.0.0.1" if self.host in _WILDCARDS else self.host
+        host = self.options.host
+        advertised = "127.0.0.1" if host in WILDCARDS else host
         self._tls = SandboxTls([advertised])
         try:
             await self._start(loop, advertised)
@@ -269,19 +193,14 @@ class Sandbox:
     async def _start(self, loop: asyncio.AbstractEventLoop, advertised: str) -> None:
         assert self._tls is not None
         server_ssl = self._tls.server_context()
-        voice_port = self._port + 1 if self._port else 0
+        options = self.options
+        voice_port = options.port + 1 if options.port else 0
         voice = self._voice = VoiceServer(
+            options,
             guild_id=self.guild_id,
             default_channel_id=self.channel_id,
             media_ip=advertised,
-            modes=self._modes,
-            heartbeat_interval=self._heartbeat_interval,
-            dave=self.dave_enabled,
-            require_dave=self.require_dave,
-            resume_window=self._resume_window,
-            replay_limit=self._replay_limit,
-            resume_gap_code=self._resume_gap_code,
-            transition_timeout=self._transition_timeout,
+            clock=loop,
             injector=self._injector,
             counters=self._counters,
             on_change=self._changed,
@@ -292,11 +211,11 @@ class Sandbox:
                 voice,
                 self._injector,
                 self._counters,
-                extensions=self._rtp_extensions,
-                rtcp_interval=self._rtcp_interval,
+                extensions=options.rtp_extensions,
+                rtcp_interval=options.rtcp_interval,
                 on_packet=self._changed,
             ),
-            local_addr=(self.host, voice_port),
+            local_addr=(options.host, voice_port),
         )
         voice.media_port = self._udp.get_extra_info("sockname")[1]
         # asyncio reads one datagram per loop iteration: with dozens of speakers a
@@ -314,7 +233,7 @@ class Sandbox:
         }
         voice_ws = await serve(
             voice.serve,
-            self.host,
+            options.host,
             voice_port,
             process_request=check_voice_request,
             **common,
@@ -324,8 +243,8 @@ class Sandbox:
 
         gateway_ws = await serve(
             self._serve_gateway,
-            self.host,
-            self._port,
+            options.host,
+            options.port,
             process_request=self._gateway_request,
             **common,
         )
@@ -337,7 +256,7 @@ class Sandbox:
             voice=voice,
             voice_endpoint=self.voice_endpoint,
             gateway_url=self.gateway_url,
-            heartbeat_interval=self._gateway_heartbeat_interval,
+            heartbeat_interval=options.gateway_heartbeat_interval,
             counters=self._counters,
             on_change=self._changed,
             channel_ids=self.channel_ids,
@@ -350,9 +269,8 @@ class Sandbox:
         )
         bot = self._gateway.add_bot("sandbox-bot")
         self._bot_token, self.bot_user_id = bot.token, bot.user_id
-        self._tick = loop.create_task(self._run_ticks(), name="sandbox-dave-tick")
         logger.info("sandbox up: gateway %s, voice %s", self.gateway_url, self.voice_endpoint)
-        await self.add_speakers(self._initial_speakers)
+        await self.add_speakers(options.speakers)
         self._started = True  # speakers added from now on are newcomers
         self._start_conversation()
 
@@ -380,11 +298,6 @@ class Sandbox:
         for retired in self._retired:
             await retired.aclose()
         self._retired.clear()
-        if self._tick is not None:
-            self._tick.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick
-            self._tick = None
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
@@ -400,15 +313,6 @@ class Sandbox:
         for waiter in self._waiters:
             waiter.cancel()
         self._waiters.clear()
-
-    async def _run_ticks(self) -> None:
-        # A timer, not a wait: DAVE transitions time out on the loop clock.
-        interval = min(0.05, self._transition_timeout / 4)
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            if self._voice is not None:
-                self._voice.tick(loop.time())
 
     # -- endpoints and credentials ----------------------------------------------------------
 
@@ -491,6 +395,7 @@ class Sandbox:
         talk: bool = True,
         speech: bool | None = None,
         dave: bool | None = None,
+        listen: bool | None = None,
         channel_id: str | None = None,
         user_id: str | None = None,
         timeout: float = 10.0,
@@ -507,6 +412,8 @@ class Sandbox:
                 ``say(seconds)``, ``pause()``, ``leave()``.
             speech: Give it a speech voice; follows ``voices`` by default.
             dave: Whether it offers DAVE; follows the sandbox by default.
+            listen: Whether it receives, decrypts and records the others' media
+                (``speaker.heard``); follows :attr:`SandboxOptions.listen` by default.
             channel_id: The call; the sandbox's channel by default.
             user_id: Reuse a user id: a speaker already using it is replaced by a
                 new session (new SSRC and keys), as when a client reconnects.
@@ -520,7 +427,7 @@ class Sandbox:
             if task is not None:
                 task.cancel()
             self._retired.append(previous)  # the server closes its session (4006)
-        if speech if speech is not None else self.voices == "speech":
+        if speech if speech is not None else self.options.voices == "speech":
             pitch = frequency if frequency is not None else speech_pitch(index)
             voice: SpeechVoice | None = SpeechVoice(pitch, seed=index)
         else:
@@ -531,9 +438,10 @@ class Sandbox:
             user_id=user_id or new_snowflake(),
             channel_id=channel_id or self.channel_id,
             frequency=pitch,
-            dave=self.dave_enabled if dave is None else dave,
+            dave=self.options.dave if dave is None else dave,
             on_change=self._changed,
             voice=voice,
+            listen=self.options.listen if listen is None else listen,
         )
         self._speakers[speaker.user_id] = speaker
         try:
@@ -544,7 +452,8 @@ class Sandbox:
         if talk and voice is not None:
             self._converse(speaker)
         elif talk:
-            script = speaker.run(pause_seconds=None if self.continuous_speech else 0.5)
+            pause = None if self.options.continuous_speech else 0.5
+            script = speaker.run(pause_seconds=pause)
             self._speaker_tasks[speaker.user_id] = asyncio.get_running_loop().create_task(
                 script, name=f"speaker-{speaker.user_id}-script"
             )
@@ -697,7 +606,8 @@ class Sandbox:
 
         For timing delivery: the relay sends at once (unless a fault knob delays
         the packet), so ``time.monotonic()`` in the callback is the send time.
-        Simulated speakers receive no media. ``None`` removes the callback.
+        Simulated speakers receive media only when they listen. ``None`` removes
+        the callback.
         """
         if self._relay is None:
             raise UsageError("the sandbox is not started")
@@ -758,14 +668,6 @@ class Sandbox:
     def _voice_state(self, p: Any, joined: bool) -> None:
         if self._gateway is not None:
             self._gateway.on_voice_state(p, joined)
-
-
-def _is_ipv4(host: str) -> bool:
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _bound_port(server: Server) -> int:

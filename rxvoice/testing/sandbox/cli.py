@@ -20,67 +20,66 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from rxvoice.errors import InvalidArgument
+from rxvoice.testing.sandbox.faults import Faults
+from rxvoice.testing.sandbox.options import SandboxOptions
+
 if TYPE_CHECKING:
     from rxvoice.testing.sandbox import Sandbox
 
-__all__ = ["add_arguments", "describe", "run"]
+__all__ = ["add_arguments", "describe", "options_from", "run"]
+
+_FLAGGED = tuple(f for f in dataclasses.fields(SandboxOptions) if "flag" in f.metadata)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the ``sandbox`` subcommand's options."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=0,
-        help="main-gateway port; voice uses PORT+1 (TCP and UDP); 0 picks free ports",
-    )
-    parser.add_argument("--speakers", type=int, default=0, help="simulated speakers (default 0)")
-    parser.add_argument(
-        "--voices",
-        choices=("tone", "speech"),
-        default="tone",
-        help="speakers sing a steady tone each (default), or talk in turns like people",
-    )
-    parser.add_argument(
-        "--continuous",
-        action="store_true",
-        help="speakers talk without pauses (50 packets/s each) instead of in turns",
-    )
-    dave = parser.add_mutually_exclusive_group()
-    dave.add_argument("--no-dave", action="store_true", help="offer no DAVE (transport only)")
-    dave.add_argument(
-        "--require-dave", action="store_true", help="close clients without DAVE with 4017"
-    )
+    """Declare the ``sandbox`` subcommand's options: the flagged :class:`SandboxOptions` fields."""
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in _FLAGGED:
+        settings = dict(f.metadata)
+        flag, group = settings.pop("flag"), settings.pop("group", None)
+        if isinstance(f.default, bool):
+            settings["action"] = "store_false" if flag.startswith("--no-") else "store_true"
+        else:
+            settings["type"] = type(f.default)
+        target = parser if group is None else groups.get(group)
+        if target is None:
+            target = groups[group] = parser.add_mutually_exclusive_group()
+        target.add_argument(flag, dest=f.name, default=f.default, **settings)
     parser.add_argument(
         "--loss", type=float, default=0.0, metavar="PCT", help="relay packet loss in percent"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault injector")
-    parser.add_argument(
-        "--resume-window",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="how long a session whose WebSocket closed stays resumable (default 30)",
-    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO on stderr")
+
+
+def options_from(args: argparse.Namespace) -> SandboxOptions:
+    """The :class:`SandboxOptions` that parsed command-line ``args`` ask for.
+
+    Raises:
+        InvalidArgument: An option is out of range.
+    """
+    if not 0.0 <= args.loss <= 100.0:
+        raise InvalidArgument("--loss must be between 0 and 100")
+    flagged = {f.name: getattr(args, f.name) for f in _FLAGGED}
+    return SandboxOptions(**flagged, faults=Faults(loss=args.loss / 100.0, seed=args.seed))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the sandbox subcommand; returns the exit code."""
-    if not 0.0 <= args.loss <= 100.0:
-        print("--loss must be between 0 and 100", file=sys.stderr)
+    try:
+        options = options_from(args)
+    except InvalidArgument as exc:
+        print(f"rxvoice sandbox: error: {exc}", file=sys.stderr)
         return 2
-    if args.resume_window < 0:
-        print("--resume-window must not be negative", file=sys.stderr)
-        return 2
-    if args.speakers:
+    if options.speakers:
         from rxvoice.audio.opus import require_opus
 
         require_opus()  # speakers encode Opus: fail now, in one line, not in their tasks
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return asyncio.run(_serve(args))
+    return asyncio.run(_serve(options))
 
 
 def describe(sandbox: Sandbox) -> dict[str, Any]:
@@ -108,30 +107,19 @@ def describe(sandbox: Sandbox) -> dict[str, Any]:
         },
         "ca_file": sandbox.ca_file,
         "speakers": [s.user_id for s in sandbox.speakers],
-        "dave": sandbox.dave_enabled,
-        "require_dave": sandbox.require_dave,
+        "dave": sandbox.options.dave,
+        "require_dave": sandbox.options.require_dave,
     }
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    from rxvoice.testing.sandbox import Faults, Sandbox
+async def _serve(options: SandboxOptions) -> int:
+    from rxvoice.testing.sandbox import Sandbox
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    sandbox = Sandbox(
-        host=args.host,
-        port=args.port,
-        speakers=args.speakers,
-        voices=args.voices,
-        continuous_speech=args.continuous,
-        dave=not args.no_dave,
-        require_dave=args.require_dave,
-        faults=Faults(loss=args.loss / 100.0, seed=args.seed),
-        resume_window=args.resume_window,
-    )
-    async with sandbox:
+    async with Sandbox(options) as sandbox:
         line = describe(sandbox)
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()

@@ -18,7 +18,8 @@ How the caller wires it (the order matters, §1.4, §11):
    returned (op 25 to the joiner must follow op 4; op 21 to the others).
 3. Feed ops 23, 26, 28 and 31 to the matching methods; after sending op 13,
    call :meth:`~DaveDeliveryService.leave`; call
-   :meth:`~DaveDeliveryService.tick` now and then (op 22 after a timeout).
+   :meth:`~DaveDeliveryService.tick` at :meth:`~DaveDeliveryService.next_deadline`
+   (op 22 after a timeout).
 
 Who is what. A *member* holds the established group (epoch >= 1) and receives
 proposals and commits for it. Every other DAVE client is *pending*: it has only
@@ -380,6 +381,10 @@ class DaveDeliveryService:
         if self.established and len(dave) == 1 and dave[0].member:
             return out + self._sole_member_reset(dave[0])
         return out + self._sync()
+
+    def next_deadline(self) -> float | None:
+        """When the earliest prepared transition times out (call :meth:`tick` then), if any."""
+        return min((t.deadline for t in self._transitions.values()), default=None)
 
     def tick(self, now: float) -> list[Out]:
         """Send op 22 for every transition whose timeout has passed."""

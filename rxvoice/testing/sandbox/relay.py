@@ -14,8 +14,9 @@ What it does with each datagram:
   (when set) the recipient, SSRC and sequence. DAVE frames are opaque, except
   that they never go to a client without DAVE (§7.3: frames ending in
   ``FA FA`` are not forwarded to non-DAVE recipients). The sandbox's simulated
-  speakers get nobody's media: they would drop it, and with many of them the
-  copies alone would cost O(N²) encryptions every 20 ms;
+  speakers get nobody's media unless they listen (``add_speaker(listen=True)``):
+  with many of them the copies alone would cost O(N²) encryptions every 20 ms,
+  for media nobody checks;
 - keepalives, RTCP and junk: counted and ignored.
 
 Every ``rtcp_interval`` relayed packets a recipient also gets an encrypted
@@ -195,7 +196,7 @@ class Relay(asyncio.DatagramProtocol):
         for recipient in list(call.members.values()):
             if (
                 recipient is sender
-                or recipient.simulated
+                or not recipient.listens
                 or recipient.cipher is None
                 or recipient.udp_addr is None
             ):

@@ -4,7 +4,8 @@ A :class:`Speaker` is a voice client without a WebSocket: it is attached to the
 voice gateway through the same handlers a WebSocket client uses (an in-memory
 :class:`~rxvoice.testing.sandbox.links.MemoryLink`), so it appears in the roster
 (op 11 / op 13), announces itself with op 5, and runs DAVE with its own
-``davey.DaveSession`` (key packages, commits, welcomes, transitions), as
+:class:`~rxvoice.testing.sandbox.daveclient.DaveClient` (its own
+``davey.DaveSession``: key packages, commits, welcomes, transitions), as
 discord.js does. Its media goes through a real UDP socket to the relay, so the
 relay treats it like anyone's.
 
@@ -29,6 +30,13 @@ speakers forming a group together, each would cost a commit over the whole
 group). Every Opus payload it sends is recorded in
 :attr:`Speaker.sent`, so a test can check bit-exact delivery, and the tone
 tells the speakers apart after decoding.
+
+A speaker added with ``listen=True`` also receives what the relay sends it,
+as a client does: it opens the transport encryption with its own key, maps
+SSRCs to users from op 5 (holding a few packets that arrive before their op 5),
+DAVE-decrypts with its own session, and records each frame in
+:attr:`Speaker.heard`, per sender, as the sender sent it. Speakers that do not
+listen get no media at all (the relay skips them).
 """
 
 from __future__ import annotations
@@ -47,12 +55,17 @@ import davey
 import numpy as np
 
 from rxvoice.audio.opus import CHANNELS, SAMPLE_RATE, SAMPLES_PER_FRAME, OpusEncoder
-from rxvoice.errors import MalformedMessage, MalformedPacket
+from rxvoice.errors import DaveError, MalformedMessage, MalformedPacket, ProtocolError
 from rxvoice.protocol import gateway as gw
 from rxvoice.protocol.closecodes import ClosePolicy, close_policy
 from rxvoice.protocol.crypto import RtpCrypto, choose_mode
-from rxvoice.protocol.ipdiscovery import IpDiscoveryRequest, IpDiscoveryResponse
-from rxvoice.protocol.rtp import SILENCE_FRAME
+from rxvoice.protocol.ipdiscovery import (
+    IP_DISCOVERY_SIZE,
+    IpDiscoveryRequest,
+    IpDiscoveryResponse,
+)
+from rxvoice.protocol.rtp import SILENCE_FRAME, DatagramKind, RtpPacket, classify
+from rxvoice.testing.sandbox.daveclient import DaveClient
 from rxvoice.testing.sandbox.links import Close, MemoryLink
 from rxvoice.testing.sandbox.voice import VoiceConnection, VoiceServer
 
@@ -80,7 +93,8 @@ def tone(frequency: float, index: int) -> np.ndarray:
     return np.repeat(mono[:, None], CHANNELS, axis=1)
 
 
-SENT_HISTORY = 30_000  # frames a speaker remembers in Speaker.sent
+SENT_HISTORY = 30_000  # frames a speaker remembers in Speaker.sent (and per sender in heard)
+_HELD = 250  # packets a listening speaker holds until op 5 names their SSRC (5 s of one sender)
 TONE_LOOP = 50  # frames encoded once, then replayed: one second
 
 
@@ -212,7 +226,7 @@ class SpeechVoice:
 
 @dataclass(frozen=True, slots=True)
 class SentFrame:
-    """One packet a speaker sent.
+    """One packet as a speaker sent it (and as a listening speaker heard it).
 
     Attributes:
         sequence: Its RTP sequence number.
@@ -228,14 +242,20 @@ class SentFrame:
 
 
 class _SpeakerUdp(asyncio.DatagramProtocol):
-    def __init__(self, on_discovery: Callable[[IpDiscoveryResponse], None]) -> None:
+    def __init__(
+        self,
+        on_discovery: Callable[[IpDiscoveryResponse], None],
+        on_media: Callable[[bytes], None] | None,
+    ) -> None:
         self._on_discovery = on_discovery
+        self._on_media = on_media  # None: not listening
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
-        if len(data) == 74 and data[:2] == b"\x00\x02":
+        if len(data) == IP_DISCOVERY_SIZE and data[:2] == b"\x00\x02":
             with contextlib.suppress(MalformedPacket):
                 self._on_discovery(IpDiscoveryResponse.parse(data))
-        # Other people's media is not this speaker's business.
+        elif self._on_media is not None:
+            self._on_media(data)
 
 
 class Speaker:
@@ -247,7 +267,13 @@ class Speaker:
         user_id: The speaker's user id.
         frequency: Its tone, in Hz; with a speech voice, the voice's pitch.
         voice: Its speech voice, or ``None`` for the tone.
-        sent: Every packet sent, in order.
+        listen: Whether it receives the others' media.
+        sent: Every packet sent, in order (the last :data:`SENT_HISTORY`).
+        heard: With ``listen``: per sender's user id, every packet received,
+            in arrival order, as its sender sent it (after transport and DAVE
+            decryption; the last :data:`SENT_HISTORY` per sender).
+        heard_errors: Packets received that could not be opened (transport or
+            DAVE decryption failed) or whose SSRC op 5 never named.
     """
 
     def __init__(
@@ -260,9 +286,11 @@ class Speaker:
         dave: bool,
         on_change: Callable[[], None],
         voice: SpeechVoice | None = None,
+        listen: bool = False,
     ) -> None:
         self._server = server
         self.user_id = user_id
+        self.listen = listen
         self.channel_id = channel_id
         self.frequency = frequency
         self.voice = voice
@@ -272,6 +300,12 @@ class Speaker:
         # What it sent, for tests to compare; bounded so a long-running CLI
         # sandbox does not grow (about 10 minutes of audio).
         self.sent: collections.deque[SentFrame] = collections.deque(maxlen=SENT_HISTORY)
+        self.heard: collections.defaultdict[str, collections.deque[SentFrame]] = (
+            collections.defaultdict(lambda: collections.deque(maxlen=SENT_HISTORY))
+        )
+        self.heard_errors = 0
+        # Packets whose SSRC no op 5 has named yet (op 5 and RTP race).
+        self._unattributed: collections.deque[RtpPacket] = collections.deque(maxlen=_HELD)
         self._session_id, self._token = server.mint(user_id, channel_id)
         self._loop = asyncio.get_running_loop()
         self._link = MemoryLink()
@@ -288,13 +322,7 @@ class Speaker:
         self._tone: EncodedTone | None = None
         self._encoder: OpusEncoder | None = None  # a speech voice's (tones use self._tone)
         self.closed = False
-        # DAVE state, as discord.js keeps it.
-        self._dave: davey.DaveSession | None = None
-        self.protocol_version = 0
-        self._pending: dict[int, int] = {}  # transition id -> protocol version
-        self._downgraded = False
-        self._reinitializing = False
-        self._recognised: set[int] = set()
+        self._dave = DaveClient(user_id, channel_id)
 
     def __repr__(self) -> str:
         kind = "speech" if self.voice is not None else "tone"
@@ -310,22 +338,27 @@ class Speaker:
     @property
     def dave_ready(self) -> bool:
         """Whether the speaker's frames are DAVE-encrypted now."""
-        return self.protocol_version > 0 and self._dave is not None and self._dave.ready
+        return self._dave.ready
 
     @property
     def epoch(self) -> int | None:
         """The speaker's MLS epoch, ``None`` without a group."""
-        return None if self._dave is None else self._dave.epoch
+        return self._dave.epoch
+
+    @property
+    def protocol_version(self) -> int:
+        """The DAVE protocol version in force for the speaker (0: none)."""
+        return self._dave.protocol_version
 
     # -- joining ----------------------------------------------------------------------------
 
     async def join(self, timeout: float = 10.0) -> None:
         """Identify, do IP discovery and select the protocol; return once op 4 arrived."""
         self._udp, _ = await self._loop.create_datagram_endpoint(
-            lambda: _SpeakerUdp(self._on_discovery),
+            lambda: _SpeakerUdp(self._on_discovery, self._hear if self.listen else None),
             remote_addr=(self._server.media_ip, self._server.media_port),
         )
-        self._conn = self._server.open(self._link)
+        self._conn = self._server.open(self._link, listens=self.listen)
         self._reader = self._loop.create_task(self._read(), name=f"speaker-{self.user_id}")
         self._send(
             gw.Identify(
@@ -372,7 +405,7 @@ class Speaker:
         if close_policy(code) is ClosePolicy.RESUME and self._ready.done():
             logger.info("speaker %s resumes after close %s", self.user_id, code)
             self._link = MemoryLink()
-            self._conn = self._server.open(self._link)
+            self._conn = self._server.open(self._link, listens=self.listen)
             self._send(
                 gw.Resume(
                     server_id=self._server.guild_id,
@@ -392,87 +425,21 @@ class Speaker:
             self._udp.sendto(IpDiscoveryRequest(m.ssrc).serialize())
             found = await asyncio.wait_for(self._discovered, 10.0)
             self._send(gw.SelectProtocol(found.address, found.port, choose_mode(m.modes).value))
-        elif isinstance(m, gw.SessionDescription):
+            return
+        if isinstance(m, gw.SessionDescription):
             self._rtp = RtpCrypto(choose_mode([m.mode]), m.secret_key, self._ssrc)
-            self.protocol_version = m.dave_protocol_version
-            self._reinit()
-            if not self._ready.done():
-                self._ready.set_result(None)
-        elif isinstance(m, gw.ClientsConnect):
-            self._recognised.update(int(u) for u in m.user_ids)
-        elif isinstance(m, gw.ClientDisconnect):
-            self._recognised.discard(int(m.user_id))
         elif isinstance(m, gw.Resumed):
             self._speaking = False
-        else:
-            self._handle_dave(m)
-
-    # -- DAVE (the client side, after discord.js's DAVESession) -----------------------------
-
-    def _reinit(self) -> None:
-        if self.protocol_version > 0:
-            if self._dave is None:
-                self._dave = davey.DaveSession(
-                    self.protocol_version, int(self.user_id), int(self.channel_id)
-                )
-            else:
-                self._dave.reinit(self.protocol_version, int(self.user_id), int(self.channel_id))
-            self._send(gw.DaveMlsKeyPackage(self._dave.get_serialized_key_package()))
-        elif self._dave is not None:
-            self._dave.reset()
-            self._dave.set_passthrough_mode(True, 10)
-
-    def _handle_dave(self, m: gw.GatewayMessage) -> None:
-        session = self._dave
-        if isinstance(m, gw.DavePrepareTransition):
-            self._pending[m.transition_id] = m.protocol_version
-            if m.transition_id == 0:
-                self._execute(0)
-            else:
-                if m.protocol_version == 0 and session is not None:
-                    session.set_passthrough_mode(True, 24)
-                self._send(gw.DaveTransitionReady(m.transition_id))
-        elif isinstance(m, gw.DaveExecuteTransition):
-            self._execute(m.transition_id)
-        elif isinstance(m, gw.DavePrepareEpoch):
-            if m.epoch == 1:
-                self.protocol_version = m.protocol_version
-                self._reinit()
-        elif session is None:
-            return
-        elif isinstance(m, gw.DaveMlsExternalSender):
-            session.set_external_sender(m.payload)
-        elif isinstance(m, gw.DaveMlsProposals):
-            if session.status == davey.SessionStatus.pending and self._welcome_queued():
-                return  # already added by someone else's commit
-            kind = (
-                davey.ProposalsOperationType.append
-                if m.operation == gw.ProposalsOperation.APPEND
-                else davey.ProposalsOperationType.revoke
-            )
-            try:
-                result = session.process_proposals(kind, m.payload, sorted(self._recognised))
-            except ValueError as exc:
-                logger.warning("speaker %s refused proposals: %s", self.user_id, exc)
-                return
-            if result is not None:
-                self._send(gw.DaveMlsCommitWelcome(result.commit + (result.welcome or b"")))
-        elif isinstance(m, gw.DaveMlsAnnounceCommitTransition | gw.DaveMlsWelcome):
-            try:
-                if isinstance(m, gw.DaveMlsWelcome):
-                    session.process_welcome(m.welcome)
-                else:
-                    session.process_commit(m.commit)
-            except ValueError as exc:
-                logger.warning(
-                    "speaker %s: transition %d invalid: %s", self.user_id, m.transition_id, exc
-                )
-                self._recover(m.transition_id)
-                return
-            self._reinitializing = False
-            if m.transition_id:
-                self._pending[m.transition_id] = self.protocol_version
-                self._send(gw.DaveTransitionReady(m.transition_id))
+        queued = isinstance(m, gw.DaveMlsProposals) and self._welcome_queued()
+        for reply in self._dave.receive(m, welcome_queued=queued):
+            self._send(reply)
+        if isinstance(m, gw.SessionDescription) and not self._ready.done():
+            self._ready.set_result(None)
+        elif isinstance(m, gw.Speaking) and self._unattributed:
+            held = [p for p in self._unattributed if p.header.ssrc == m.ssrc]
+            for packet in held:
+                self._unattributed.remove(packet)
+                self._attribute(packet)
 
     def _welcome_queued(self) -> bool:
         welcome = gw.DaveMlsWelcome.op
@@ -481,39 +448,41 @@ class Speaker:
             for frame in self._link.queued()
         )
 
-    def _execute(self, transition_id: int) -> None:
-        version = self._pending.pop(transition_id, None)
-        if version is None:
-            return
-        if version == 0 and self.protocol_version != 0:
-            self._downgraded = True
-        elif transition_id > 0 and self._downgraded and self._dave is not None:
-            self._downgraded = False
-            self._dave.set_passthrough_mode(True, 10)
-        self.protocol_version = version
-
-    def _recover(self, transition_id: int) -> None:
-        if self._reinitializing:
-            return
-        self._reinitializing = True
-        self._send(gw.DaveMlsInvalidCommitWelcome(transition_id))
-        self._reinit()
-
     # -- media ------------------------------------------------------------------------------
+
+    def _hear(self, datagram: bytes) -> None:
+        rtp = self._rtp
+        if rtp is None or classify(datagram) is not DatagramKind.RTP:
+            return  # RTCP and keepalives: nothing to hear
+        try:
+            packet = rtp.open(datagram)
+        except ProtocolError:
+            self.heard_errors += 1
+            return
+        self._attribute(packet)
+
+    def _attribute(self, packet: RtpPacket) -> None:
+        try:
+            heard = self._dave.decrypt(packet.header.ssrc, packet.payload)
+        except DaveError as exc:
+            logger.debug("speaker %s: %s", self.user_id, exc)
+            self.heard_errors += 1
+            return
+        if heard is None:
+            if len(self._unattributed) == self._unattributed.maxlen:
+                self.heard_errors += 1  # the oldest held packet is given up
+            self._unattributed.append(packet)
+            return
+        user_id, opus, dave = heard
+        header = packet.header
+        self.heard[user_id].append(SentFrame(header.sequence, header.timestamp, opus, dave))
+        self._on_change()
 
     def _packet(self, opus: bytes) -> None:
         rtp, udp = self._rtp, self._udp
         if rtp is None or udp is None or udp.is_closing():
             return
-        payload = opus
-        dave = False
-        if opus != SILENCE_FRAME and self.dave_ready:
-            assert self._dave is not None
-            try:
-                payload = self._dave.encrypt_opus(opus)
-                dave = True
-            except ValueError as exc:  # e.g. mid-transition; send it plain, as discord.js
-                logger.debug("speaker %s: DAVE encrypt failed: %s", self.user_id, exc)
+        payload, dave = self._dave.encrypt(opus)
         self.sent.append(SentFrame(rtp.sequence, rtp.timestamp, opus, dave))
         udp.sendto(rtp.seal_opus(payload))
 

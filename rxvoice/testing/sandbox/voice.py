@@ -24,23 +24,28 @@ expect), not what rxvoice's client happens to do:
 - **DAVE.** Each call (voice channel) has a
   :class:`~rxvoice.testing.sandbox.dave.DaveDeliveryService`; the server feeds
   it joins (after op 4, so op 25 follows op 4), leaves and the client's DAVE
-  ops, and sends what it returns.
+  ops, and sends what it returns. One timer per call fires at its next
+  transition deadline (op 22 after a timeout).
 
 The logic is synchronous: a frame in, state updated, frames queued on
-:class:`~rxvoice.testing.sandbox.links.Link` objects. Malformed client input is
-counted and logged and never raises out of :meth:`VoiceServer.receive`.
+:class:`~rxvoice.testing.sandbox.links.Link` objects. Time comes from a
+:class:`Scheduler` passed in (the event loop in the sandbox, a hand-stepped
+clock in tests): heartbeat deadlines (4009), resume windows, delayed op 5 and
+DAVE transition timeouts are timers on it. Malformed client input is counted
+and logged and never raises out of :meth:`VoiceServer.receive`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import functools
 import json
 import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -54,10 +59,13 @@ from rxvoice.protocol.crypto import EncryptionMode, TransportCipher
 from rxvoice.testing.sandbox.dave import DaveDeliveryService
 from rxvoice.testing.sandbox.faults import FaultInjector
 from rxvoice.testing.sandbox.links import Link, WebSocketLink
+from rxvoice.testing.sandbox.options import SandboxOptions
 
 __all__ = [
     "Participant",
     "ParticipantInfo",
+    "Scheduler",
+    "Timer",
     "VoiceConnection",
     "VoiceServer",
     "new_snowflake",
@@ -89,6 +97,26 @@ _CLIENT_OPS = _IGNORED_CLIENT_OPS | {
 _RESUMABLE_CODES = frozenset({CloseCode.WEBRTC_CRASHED, CloseCode.VOICE_SERVER_CRASHED})
 
 
+class Timer(Protocol):
+    """A pending call (``asyncio.TimerHandle`` is one)."""
+
+    def cancel(self) -> None:
+        """Do not make the call."""
+        ...
+
+
+class Scheduler(Protocol):
+    """Where the voice server's time comes from; an ``asyncio`` event loop is one."""
+
+    def time(self) -> float:
+        """Now, in seconds."""
+        ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer:
+        """Call ``callback()`` once :meth:`time` reaches ``when``."""
+        ...
+
+
 def new_snowflake() -> str:
     """A random id shaped like a Discord snowflake (a u64 in decimal, 19 digits)."""
     return str((1 << 62) | secrets.randbits(60))
@@ -112,6 +140,8 @@ class ParticipantInfo:
         connected: Whether a WebSocket (or in-memory link) is attached now.
         speaking: The last op 5 flags.
         simulated: Whether this is one of the sandbox's simulated speakers.
+        listens: Whether the relay sends this user the others' media (clients
+            always; simulated speakers only when they listen).
         udp_address: Where the relay sends this user's media.
         packets_in: RTP packets accepted from this user.
         packets_out: RTP packets relayed to this user.
@@ -128,6 +158,7 @@ class ParticipantInfo:
     connected: bool
     speaking: int
     simulated: bool
+    listens: bool
     udp_address: tuple[str, int] | None
     packets_in: int
     packets_out: int
@@ -158,6 +189,7 @@ class Participant:
     ssrc: int
     max_dave: int
     simulated: bool = False
+    listens: bool = True  # the relay sends this user media
     mode: EncryptionMode | None = None
     key: bytes = field(default=b"", repr=False)
     cipher: TransportCipher | None = field(default=None, repr=False)
@@ -176,7 +208,7 @@ class Participant:
     packets_in: int = 0
     last_sequence: int = 0  # highest RTP sequence received from this user
     packets_out: int = 0
-    expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+    expiry: Timer | None = field(default=None, repr=False)
 
     @property
     def dave_capable(self) -> bool:
@@ -194,6 +226,7 @@ class Participant:
             connected=self.conn is not None,
             speaking=self.speaking,
             simulated=self.simulated,
+            listens=self.listens,
             udp_address=self.udp_addr,
             packets_in=self.packets_in,
             packets_out=self.packets_out,
@@ -207,18 +240,21 @@ class VoiceConnection:
     """One WebSocket (or in-memory link) to the voice gateway."""
 
     link: Link
+    listens: bool = True
     session: Participant | None = None
     closing: bool = False
-    heartbeat_timer: asyncio.TimerHandle | None = None
+    heartbeat_timer: Timer | None = None
 
 
 @dataclass(eq=False, slots=True)
 class _Call:
-    """A voice channel's call: its members and its DAVE delivery service."""
+    """A voice channel's call: its members, its DAVE delivery service and its timer."""
 
     channel_id: str
     members: dict[str, Participant] = field(default_factory=dict)
     dave: DaveDeliveryService | None = None
+    dave_deadline: float | None = None  # when dave_timer fires
+    dave_timer: Timer | None = None
 
 
 def _opcode_of(frame: str | bytes) -> int | None:
@@ -249,19 +285,13 @@ class VoiceServer:
     """The voice gateway's state and logic, independent of sockets.
 
     Args:
+        options: The sandbox's options (modes, heartbeat interval, DAVE,
+            resume window and buffer, transition timeout).
         guild_id: The guild (``server_id`` in Identify).
         default_channel_id: The call that the universal token joins.
         media_ip: The IP address sent in Ready.
-        modes: The transport modes offered in Ready, in order.
-        heartbeat_interval: Sent in Hello, in milliseconds.
-        dave: Whether DAVE is offered at all.
-        require_dave: Close non-DAVE clients with 4017.
-        resume_window: Seconds a session survives without a WebSocket.
-        replay_limit: Most messages kept per session for resume.
-        resume_gap_code: Close code when a resume asks for messages no longer
-            buffered.
-        transition_timeout: DAVE transition timeout, in seconds.
-        injector: Fault knobs (dropped heartbeat ACKs).
+        clock: Time and timers (the running event loop in the sandbox).
+        injector: Fault knobs (dropped heartbeat ACKs, late op 5).
         counters: Shared event counters.
         on_change: Called after every state change (join, leave, op, ...).
         on_voice_state: Called with ``(participant, joined)`` when a user
@@ -270,37 +300,26 @@ class VoiceServer:
 
     def __init__(
         self,
+        options: SandboxOptions,
         *,
         guild_id: str,
         default_channel_id: str,
         media_ip: str,
-        modes: Iterable[str],
-        heartbeat_interval: float,
-        dave: bool,
-        require_dave: bool,
-        resume_window: float,
-        replay_limit: int,
-        resume_gap_code: int,
-        transition_timeout: float,
+        clock: Scheduler,
         injector: FaultInjector,
         counters: collections.Counter[str],
         on_change: Callable[[], None],
         on_voice_state: Callable[[Participant, bool], None],
     ) -> None:
+        self.options = options
         self.guild_id = guild_id
         self.default_channel_id = default_channel_id
         self.media_ip = media_ip
         self.media_port = 0  # set by the sandbox once the relay is bound
-        self.modes = tuple(modes)
         # Discord sends whole milliseconds: an integral interval goes out as an int.
-        whole = float(heartbeat_interval).is_integer()
-        self.heartbeat_interval = int(heartbeat_interval) if whole else heartbeat_interval
-        self.dave_enabled = dave
-        self.require_dave = require_dave
-        self.resume_window = resume_window
-        self.replay_limit = replay_limit
-        self.resume_gap_code = resume_gap_code
-        self.transition_timeout = transition_timeout
+        interval = options.heartbeat_interval
+        self.heartbeat_interval = int(interval) if float(interval).is_integer() else interval
+        self.clock = clock
         self.injector = injector
         self.counters = counters
         self._on_change = on_change
@@ -358,9 +377,15 @@ class VoiceServer:
 
     # -- connections ------------------------------------------------------------------------
 
-    def open(self, link: Link) -> VoiceConnection:
-        """Register a new connection and greet it with op 8 Hello."""
-        conn = VoiceConnection(link)
+    def open(self, link: Link, *, listens: bool = True) -> VoiceConnection:
+        """Register a new connection and greet it with op 8 Hello.
+
+        Args:
+            link: Where to send its frames.
+            listens: Whether the session it identifies gets the others' media
+                from the relay (a simulated speaker may not want it).
+        """
+        conn = VoiceConnection(link, listens)
         self._conns.add(conn)
         self._count("voice_connections")
         link.send(gw.serialize(gw.Hello(heartbeat_interval=self.heartbeat_interval, version=8)))
@@ -399,6 +424,10 @@ class VoiceServer:
             if p.expiry is not None:
                 p.expiry.cancel()
                 p.expiry = None
+        for call in self.calls.values():
+            if call.dave_timer is not None:
+                call.dave_timer.cancel()
+                call.dave_timer = call.dave_deadline = None
         self._stopped = True
 
     def _detach(self, p: Participant) -> None:
@@ -406,7 +435,7 @@ class VoiceServer:
             return
         if p.expiry is not None:
             p.expiry.cancel()
-        p.expiry = asyncio.get_running_loop().call_later(self.resume_window, self._expire, p)
+        p.expiry = self._call_later(self.options.resume_window, functools.partial(self._expire, p))
 
     def _expire(self, p: Participant) -> None:
         p.expiry = None
@@ -473,7 +502,7 @@ class VoiceServer:
         seq = p.seq
         frame = gw.serialize(message, seq=seq & _U16 if gw.is_binary(message) else seq)
         p.buffer.append((seq, frame))
-        if len(p.buffer) > self.replay_limit:
+        if len(p.buffer) > self.options.replay_limit:
             p.floor = p.buffer.popleft()[0]
         if p.conn is not None and not p.conn.closing:
             p.conn.link.send(frame)
@@ -570,8 +599,8 @@ class VoiceServer:
         if not conn.link.in_process:
             # Two missed intervals, as clients send one per interval.
             timeout = 2 * self.heartbeat_interval / 1000
-            conn.heartbeat_timer = asyncio.get_running_loop().call_later(
-                timeout, self._heartbeat_timeout, conn
+            conn.heartbeat_timer = self._call_later(
+                timeout, functools.partial(self._heartbeat_timeout, conn)
             )
 
     def _heartbeat_timeout(self, conn: VoiceConnection) -> None:
@@ -598,7 +627,7 @@ class VoiceServer:
             self._count("auth_failures")
             self._close(conn, CloseCode.AUTHENTICATION_FAILED, "Session id in use")
             return
-        if self.require_dave and m.max_dave_protocol_version < 1:
+        if self.options.require_dave and m.max_dave_protocol_version < 1:
             self._close(conn, CloseCode.DAVE_REQUIRED, "E2EE/DAVE protocol required")
             return
         old = self._by_user.get(m.user_id)
@@ -614,8 +643,9 @@ class VoiceServer:
             channel_id=grant.channel_id,
             token=m.token,
             ssrc=self._new_ssrc(),
-            max_dave=m.max_dave_protocol_version if self.dave_enabled else 0,
+            max_dave=m.max_dave_protocol_version if self.options.dave else 0,
             simulated=conn.link.in_process,
+            listens=conn.listens,
         )
         conn.session = p
         p.conn = conn
@@ -633,7 +663,7 @@ class VoiceServer:
                 ssrc=p.ssrc,
                 ip=self.media_ip,
                 port=self.media_port,
-                modes=self.modes,
+                modes=self.options.modes,
                 heartbeat_interval=self.heartbeat_interval,
             ),
         )
@@ -676,8 +706,9 @@ class VoiceServer:
         if full < p.floor:
             # The messages the client missed are gone: the session cannot continue.
             self._count("resume_gaps")
-            self._close(conn, self.resume_gap_code, "Resume buffer exhausted")
-            self.end_session(p, self.resume_gap_code, "Resume buffer exhausted")
+            code = self.options.resume_gap_code
+            self._close(conn, code, "Resume buffer exhausted")
+            self.end_session(p, code, "Resume buffer exhausted")
             return
         if p.conn is not None:
             old, p.conn = p.conn, None
@@ -701,7 +732,7 @@ class VoiceServer:
         if m.protocol != "udp":
             self._close(conn, CloseCode.UNKNOWN_PROTOCOL, "Unknown protocol")
             return
-        if m.mode not in self.modes:
+        if m.mode not in self.options.modes:
             self._count("bad_modes")
             self._close(conn, CloseCode.UNKNOWN_ENCRYPTION_MODE, "Unknown encryption mode")
             return
@@ -738,7 +769,7 @@ class VoiceServer:
             self.injector.counters["delayed_speaking"] = (
                 self.injector.counters.get("delayed_speaking", 0) + 1
             )
-            asyncio.get_running_loop().call_later(delay, self._late_broadcast, call, relay, p)
+            self._call_later(delay, functools.partial(self._late_broadcast, call, relay, p))
         else:
             self._broadcast(call, relay, skip=p)
 
@@ -802,16 +833,19 @@ class VoiceServer:
     # -- DAVE -------------------------------------------------------------------------------
 
     def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self.clock.time()
+
+    def _call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        return self.clock.call_at(self.clock.time() + delay, callback)
 
     def _dave_service(self, call: _Call) -> DaveDeliveryService | None:
-        if not self.dave_enabled:
+        if not self.options.dave:
             return None
         if call.dave is None:
             call.dave = DaveDeliveryService(
                 int(call.channel_id),
-                require_dave=self.require_dave,
-                transition_timeout=self.transition_timeout,
+                require_dave=self.options.require_dave,
+                transition_timeout=self.options.transition_timeout,
             )
         return call.dave
 
@@ -862,21 +896,33 @@ class VoiceServer:
         return True
 
     def _route(self, call: _Call, out: Iterable[tuple[str, gw.GatewayMessage]]) -> None:
+        """Send what a call's DAVE service returned; re-arm its timer for the next deadline."""
         for user_id, message in out:
             target = call.members.get(user_id)
             if target is None:
                 self._count("dave_undeliverable")
                 continue
             self.send(target, message)
+        deadline = None if call.dave is None or self._stopped else call.dave.next_deadline()
+        if deadline == call.dave_deadline:
+            return
+        if call.dave_timer is not None:
+            call.dave_timer.cancel()
+        call.dave_deadline = deadline
+        call.dave_timer = (
+            None
+            if deadline is None
+            else self.clock.call_at(deadline, functools.partial(self._dave_due, call))
+        )
 
-    def tick(self, now: float) -> None:
-        """Drive DAVE transition timeouts."""
-        for call in list(self.calls.values()):
-            if call.dave is not None:
-                out = call.dave.tick(now)
-                if out:
-                    self._route(call, out)
-                    self._on_change()
+    def _dave_due(self, call: _Call) -> None:
+        """A transition deadline passed: op 22 to those who had not sent op 23."""
+        deadline, call.dave_deadline, call.dave_timer = call.dave_deadline, None, None
+        if call.dave is None or deadline is None:
+            return
+        # The timer is for that deadline: never pass an earlier now (a loop may fire early).
+        self._route(call, call.dave.tick(max(self._now(), deadline)))
+        self._on_change()
 
     # -- WebSocket glue ---------------------------------------------------------------------
 
