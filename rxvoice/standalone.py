@@ -35,6 +35,7 @@ from rxvoice.shard.gateway import (
     INTENT_GUILD_VOICE_STATES,
     INTENT_GUILDS,
     GatewayShard,
+    check_gateway_url,
 )
 
 __all__ = ["Joining", "StandaloneConnection", "connect"]
@@ -162,6 +163,7 @@ def connect(
         raise UsageError("connect() starts its own shard; give yours to Connection(shard=...)")
     if ssl is not None and ca_file is not None:
         raise UsageError("give ssl or ca_file, not both")
+    check_gateway_url(gateway_url)
     context = ssl_module.create_default_context(cafile=os.fspath(ca_file)) if ca_file else ssl
 
     async def open_() -> StandaloneConnection:
