@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = ["Recording", "add_arguments", "add_verbose", "configure_logging", "run"]
 
 DISCORD_GATEWAY = "wss://gateway.discord.gg/?v=10&encoding=json"
+GATEWAY_TIMEOUT = 10.0
+"""Seconds to wait for the main gateway's READY."""
 FINISH_TIMEOUT = 10.0
 """Seconds to wait for the files to be finished after the connection closed."""
 
@@ -405,7 +407,13 @@ async def _join(
 ) -> Connection:
     from rxvoice.connection import Connection
 
-    await shard.start()
+    try:
+        await shard.start(timeout=GATEWAY_TIMEOUT)
+    except TimeoutError:
+        raise TimeoutError(
+            f"no answer from the gateway at {shard.url} in {GATEWAY_TIMEOUT:g} s "
+            "(check --gateway-url and the network)"
+        ) from None
     conn = Connection(guild_id=args.guild, channel_id=args.channel, shard=shard, ssl=context)
     try:
         await conn.connect()
@@ -416,6 +424,6 @@ async def _join(
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
+    if isinstance(error, TimeoutError) and not str(error):
         return "timed out joining the voice channel (check the ids, the bot's permissions)"
     return str(error) or type(error).__name__

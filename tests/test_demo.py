@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import wave
 from pathlib import Path
 
@@ -108,6 +109,24 @@ def test_record_refuses_a_ca_file_that_is_not_pem(
     assert main(["record", "--guild", "1", "--channel", "2", "--ca-file", str(junk)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"rxvoice record: error: --ca-file {junk}")
+
+
+def test_record_names_an_unreachable_gateway(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rxvoice import record
+
+    monkeypatch.setenv("DISCORD_TOKEN", "not-used")
+    monkeypatch.setattr(record, "GATEWAY_TIMEOUT", 0.3)
+    with socket.socket() as listener:  # a port nobody listens on once closed
+        listener.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}"
+    assert main(["record", "--guild", "1", "--channel", "2", "--gateway-url", url]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"rxvoice record: error: no answer from the gateway at {url} in 0.3 s "
+        "(check --gateway-url and the network)\n"
+    )
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
