@@ -116,8 +116,11 @@ class PublishStats:
 
 def _nats_client(client: NatsClient | JetStreamContext) -> NatsClient:
     """The core NATS client of ``client`` (itself, or the one under a JetStream context)."""
-    inner = getattr(client, "_nc", None)  # JetStreamContext keeps its client there
-    return inner if inner is not None else client  # type: ignore[return-value]
+    from nats.js import JetStreamContext
+
+    if isinstance(client, JetStreamContext):
+        return client._nc  # nats-py has no public accessor for a context's client
+    return client
 
 
 class _Window:
