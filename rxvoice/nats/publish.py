@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -121,6 +122,15 @@ def _nats_client(client: NatsClient | JetStreamContext) -> NatsClient:
     if isinstance(client, JetStreamContext):
         return client._nc  # nats-py has no public accessor for a context's client
     return client
+
+
+def _is_ack(data: bytes) -> bool:
+    """Whether a JetStream reply is a PubAck (``{"stream": ..., "seq": ...}``), not an error."""
+    try:
+        reply = json.loads(data)
+    except ValueError:  # UnicodeDecodeError included
+        return False
+    return isinstance(reply, dict) and "error" not in reply and "seq" in reply
 
 
 class _Window:
@@ -258,7 +268,7 @@ class _Window:
         if headers and headers.get("Status") == "503":
             self.stats.errors += 1
             self._error("no JetStream stream stores this subject (503 no responders)")
-        elif b'"error"' in msg.data:
+        elif not _is_ack(msg.data):
             self.stats.errors += 1
             self._error(f"JetStream refused a message: {msg.data[:200]!r}")
         else:
