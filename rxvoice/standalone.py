@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 import ssl as ssl_module
 from collections.abc import Callable, Coroutine, Generator
@@ -161,6 +162,10 @@ def connect(
     guild, channel = _snowflake(guild_id, "guild_id"), _snowflake(channel_id, "channel_id")
     if "shard" in connection_options:
         raise UsageError("connect() starts its own shard; give yours to Connection(shard=...)")
+    try:  # a misspelt option: now, not once the shard is up
+        inspect.signature(Connection).bind_partial(**connection_options)
+    except TypeError as exc:
+        raise UsageError(f"connect(): {exc}") from None
     if ssl is not None and ca_file is not None:
         raise UsageError("give ssl or ca_file, not both")
     check_gateway_url(gateway_url)
@@ -170,12 +175,12 @@ def connect(
         shard = GatewayShard(secret, url=gateway_url, ssl=context, intents=intents)
         try:
             await shard.start(timeout=timeout)
+            conn = StandaloneConnection(
+                guild_id=guild, channel_id=channel, shard=shard, ssl=context, **connection_options
+            )
         except BaseException:
             await shard.close()
             raise
-        conn = StandaloneConnection(
-            guild_id=guild, channel_id=channel, shard=shard, ssl=context, **connection_options
-        )
         if join:
             try:
                 await conn.connect(timeout=timeout)
