@@ -126,11 +126,13 @@ def _nats_client(client: NatsClient | JetStreamContext) -> NatsClient:
 
 def _is_ack(data: bytes) -> bool:
     """Whether a JetStream reply is a PubAck (``{"stream": ..., "seq": ...}``), not an error."""
-    try:
+    if b'"error"' not in data:
+        return True  # the common case, without parsing: no error key can be there
+    try:  # "error" may also be a stream's name: only the key makes an error
         reply = json.loads(data)
     except ValueError:  # UnicodeDecodeError included
         return False
-    return isinstance(reply, dict) and "error" not in reply and "seq" in reply
+    return isinstance(reply, dict) and "error" not in reply
 
 
 class _Window:
