@@ -38,6 +38,7 @@ from rxvoice.record import (
     add_verbose,
     configure_logging,
     install_stop_signals,
+    output_folder,
     print_files,
     run_until,
 )
@@ -100,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=output_folder,
         help="where the files go (default: out/demo/DATE-TIME, a new folder per run)",
     )
     parser.add_argument("--no-dave", action="store_true", help="transport encryption only")

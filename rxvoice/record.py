@@ -57,17 +57,38 @@ if TYPE_CHECKING:
 __all__ = ["Recording", "add_arguments", "add_verbose", "configure_logging", "run"]
 
 DISCORD_GATEWAY = "wss://gateway.discord.gg/?v=10&encoding=json"
+GATEWAY_TIMEOUT = 10.0
+"""Seconds to wait for the main gateway's READY."""
 FINISH_TIMEOUT = 10.0
 """Seconds to wait for the files to be finished after the connection closed."""
-
-_SNOWFLAKE = re.compile(r"[0-9]{1,20}")
 
 
 def snowflake(text: str) -> str:
     """An argparse type: a Discord id."""
-    if not _SNOWFLAKE.fullmatch(text) or int(text) >= 1 << 64:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a Discord id (a number)")
-    return str(int(text))
+    from rxvoice.protocol.gateway import check_snowflake
+
+    try:
+        return check_snowflake(text, "id")
+    except RxVoiceError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Discord id (a number)") from None
+
+
+def gateway_url(text: str) -> str:
+    """An argparse type: a main-gateway URL (``ws://`` or ``wss://``)."""
+    from rxvoice.shard.gateway import check_gateway_url
+
+    try:
+        return check_gateway_url(text)
+    except RxVoiceError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ws:// or wss:// URL") from None
+
+
+def output_folder(text: str) -> Path:
+    """An argparse type: a folder for the files (created later if it does not exist)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return path
 
 
 def users_option(text: str) -> dict[str, str]:
@@ -99,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=output_folder,
         help="the folder for the WAV files (default: recordings/DATE-TIME; created if needed)",
     )
     parser.add_argument(
@@ -110,6 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--gateway-url",
+        type=gateway_url,
         default=DISCORD_GATEWAY,
         help="the main gateway (default: Discord's; a local Discord such as the sandbox)",
     )
@@ -151,15 +173,20 @@ def run(args: argparse.Namespace) -> int:
     if not token:
         print("rxvoice record: error: set DISCORD_TOKEN to the bot's token", file=sys.stderr)
         return 2
-    if args.ca_file is not None and not args.ca_file.is_file():
-        print(f"rxvoice record: error: --ca-file {args.ca_file} is not a file", file=sys.stderr)
-        return 2
+    context = None
+    if args.ca_file is not None:
+        try:
+            context = ssl.create_default_context(cafile=str(args.ca_file))
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            reason = "is not a file" if not args.ca_file.is_file() else f"is not PEM ({exc})"
+            print(f"rxvoice record: error: --ca-file {args.ca_file} {reason}", file=sys.stderr)
+            return 2
     from rxvoice.audio.opus import require_opus
 
     require_opus()
     configure_logging(args.verbose)
     out: Path = args.out or Path("recordings") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return asyncio.run(_record(args, token, out))
+    return asyncio.run(_record(args, token, out, context))
 
 
 _MIX = re.compile(r"mix(-[0-9]{1,3})?")  # mix.wav, or mix-2.wav... when a mix.wav was there
@@ -322,13 +349,14 @@ def print_files(files: Sequence[RecordedFile], out: Path) -> None:
         print(f"  {f.path.name}")
 
 
-async def _record(args: argparse.Namespace, token: str, out: Path) -> int:
+async def _record(
+    args: argparse.Namespace, token: str, out: Path, context: ssl.SSLContext | None
+) -> int:
     from rxvoice.shard import GatewayShard
     from rxvoice.view import LiveView
 
     stop = asyncio.Event()
     restore = install_stop_signals(stop)
-    context = ssl.create_default_context(cafile=str(args.ca_file)) if args.ca_file else None
     shard = GatewayShard(token, url=args.gateway_url, ssl=context)
     users: dict[str, str] | None = args.users
     conn: Connection | None = None
@@ -379,7 +407,13 @@ async def _join(
 ) -> Connection:
     from rxvoice.connection import Connection
 
-    await shard.start()
+    try:
+        await shard.start(timeout=GATEWAY_TIMEOUT)
+    except TimeoutError:
+        raise TimeoutError(
+            f"no answer from the gateway at {shard.url} in {GATEWAY_TIMEOUT:g} s "
+            "(check --gateway-url and the network)"
+        ) from None
     conn = Connection(guild_id=args.guild, channel_id=args.channel, shard=shard, ssl=context)
     try:
         await conn.connect()
@@ -390,6 +424,6 @@ async def _join(
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, TimeoutError):
+    if isinstance(error, TimeoutError) and not str(error):
         return "timed out joining the voice channel (check the ids, the bot's permissions)"
     return str(error) or type(error).__name__

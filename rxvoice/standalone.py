@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 import ssl as ssl_module
 from collections.abc import Callable, Coroutine, Generator
@@ -35,6 +36,7 @@ from rxvoice.shard.gateway import (
     INTENT_GUILD_VOICE_STATES,
     INTENT_GUILDS,
     GatewayShard,
+    check_gateway_url,
 )
 
 __all__ = ["Joining", "StandaloneConnection", "connect"]
@@ -160,20 +162,25 @@ def connect(
     guild, channel = _snowflake(guild_id, "guild_id"), _snowflake(channel_id, "channel_id")
     if "shard" in connection_options:
         raise UsageError("connect() starts its own shard; give yours to Connection(shard=...)")
+    try:  # a misspelt option: now, not once the shard is up
+        inspect.signature(Connection).bind_partial(**connection_options)
+    except TypeError as exc:
+        raise UsageError(f"connect(): {exc}") from None
     if ssl is not None and ca_file is not None:
         raise UsageError("give ssl or ca_file, not both")
+    check_gateway_url(gateway_url)
     context = ssl_module.create_default_context(cafile=os.fspath(ca_file)) if ca_file else ssl
 
     async def open_() -> StandaloneConnection:
         shard = GatewayShard(secret, url=gateway_url, ssl=context, intents=intents)
         try:
             await shard.start(timeout=timeout)
+            conn = StandaloneConnection(
+                guild_id=guild, channel_id=channel, shard=shard, ssl=context, **connection_options
+            )
         except BaseException:
             await shard.close()
             raise
-        conn = StandaloneConnection(
-            guild_id=guild, channel_id=channel, shard=shard, ssl=context, **connection_options
-        )
         if join:
             try:
                 await conn.connect(timeout=timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import wave
 from pathlib import Path
 
@@ -69,6 +70,14 @@ async def test_the_demo_shows_a_call_and_leaves_named_aligned_files(
         (["record", "--channel", "1"], "required: --guild"),
         (["record", "--guild", "1", "--channel", "2", "--users", "1,bob"], "'bob' is not"),
         (["record", "--guild", "1", "--channel", "2", "--seconds", "0"], "must be positive"),
+        (["record", "--guild", "007", "--channel", "2"], "'007' is not a Discord id"),
+        (
+            ["record", "--guild", "1", "--channel", "2", "--gateway-url", "gateway.example"],
+            "--gateway-url: 'gateway.example' is not a ws:// or wss:// URL",
+        ),
+        # A file where the folder should be: refused before joining, not at the first chunk.
+        (["record", "--guild", "1", "--channel", "2", "--out", __file__], "is not a folder"),
+        (["demo", "--out", __file__], "is not a folder"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(
@@ -88,6 +97,35 @@ def test_record_needs_a_token(
     assert main(["record", "--guild", "1", "--channel", "2"]) == 2
     assert (
         capsys.readouterr().err == "rxvoice record: error: set DISCORD_TOKEN to the bot's token\n"
+    )
+
+
+def test_record_refuses_a_ca_file_that_is_not_pem(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "not-used")
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    assert main(["record", "--guild", "1", "--channel", "2", "--ca-file", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"rxvoice record: error: --ca-file {junk}")
+
+
+def test_record_names_an_unreachable_gateway(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rxvoice import record
+
+    monkeypatch.setenv("DISCORD_TOKEN", "not-used")
+    monkeypatch.setattr(record, "GATEWAY_TIMEOUT", 0.3)
+    with socket.socket() as listener:  # a port nobody listens on once closed
+        listener.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}"
+    assert main(["record", "--guild", "1", "--channel", "2", "--gateway-url", url]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"rxvoice record: error: no answer from the gateway at {url} in 0.3 s "
+        "(check --gateway-url and the network)\n"
     )
 
 

@@ -38,10 +38,16 @@ def _ids_as_strings(data: object) -> object:
 
     Discord sends snowflakes as strings and the dispatch parsers insist on it;
     some libraries hand their hooks payloads whose ids they already made ints.
+    Only a u64 is converted (``str()`` of a huge int raises); anything else is
+    left for the parser to refuse.
     """
-    if not isinstance(data, dict) or not any(type(data.get(key)) is int for key in _ID_KEYS):
+    if not isinstance(data, dict) or not any(_is_u64(data.get(key)) for key in _ID_KEYS):
         return data
-    return {k: str(v) if k in _ID_KEYS and type(v) is int else v for k, v in data.items()}
+    return {k: str(v) if k in _ID_KEYS and _is_u64(v) else v for k, v in data.items()}
+
+
+def _is_u64(value: object) -> bool:
+    return type(value) is int and 0 <= value < 1 << 64
 
 
 class VoiceStateSender(Protocol):

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import inspect
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -142,7 +143,7 @@ class RxVoiceProtocol:
 
         Raises:
             UsageError: For an argument the voice client sets itself (ids,
-                credentials, shard).
+                credentials, shard), or one ``Connection`` does not take.
 
         Example:
             >>> voice = RxVoiceClient.with_options(ssl=ctx)   # doctest: +SKIP
@@ -515,6 +516,10 @@ def _check_options(options: dict[str, Any]) -> None:
     reserved = sorted(_RESERVED.intersection(options))
     if reserved:
         raise UsageError(f"the voice client sets {', '.join(reserved)} itself")
+    try:  # a misspelt option: at with_options(), not inside the library's connect()
+        inspect.signature(Connection).bind_partial(**options)
+    except TypeError as exc:
+        raise UsageError(f"not a Connection option: {exc}") from None
 
 
 @functools.cache

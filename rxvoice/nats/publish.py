@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -116,8 +117,22 @@ class PublishStats:
 
 def _nats_client(client: NatsClient | JetStreamContext) -> NatsClient:
     """The core NATS client of ``client`` (itself, or the one under a JetStream context)."""
-    inner = getattr(client, "_nc", None)  # JetStreamContext keeps its client there
-    return inner if inner is not None else client  # type: ignore[return-value]
+    from nats.js import JetStreamContext
+
+    if isinstance(client, JetStreamContext):
+        return client._nc  # nats-py has no public accessor for a context's client
+    return client
+
+
+def _is_ack(data: bytes) -> bool:
+    """Whether a JetStream reply is a PubAck (``{"stream": ..., "seq": ...}``), not an error."""
+    if b'"error"' not in data:
+        return True  # the common case, without parsing: no error key can be there
+    try:  # "error" may also be a stream's name: only the key makes an error
+        reply = json.loads(data)
+    except ValueError:  # UnicodeDecodeError included
+        return False
+    return isinstance(reply, dict) and "error" not in reply
 
 
 class _Window:
@@ -255,7 +270,7 @@ class _Window:
         if headers and headers.get("Status") == "503":
             self.stats.errors += 1
             self._error("no JetStream stream stores this subject (503 no responders)")
-        elif b'"error"' in msg.data:
+        elif not _is_ack(msg.data):
             self.stats.errors += 1
             self._error(f"JetStream refused a message: {msg.data[:200]!r}")
         else:

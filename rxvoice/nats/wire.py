@@ -70,6 +70,7 @@ from rxvoice.events import (
     SpeakingEvent,
     SpeakingFlags,
 )
+from rxvoice.protocol.gateway import check_snowflake
 
 __all__ = [
     "HEADER_SIZE",
@@ -95,9 +96,10 @@ _MAX_CONTROL = 65_536  # bytes; a control message is a few hundred
 
 
 def _snowflake_int(value: str, what: str) -> int:
-    if not (value.isascii() and value.isdigit()) or len(value) > 20 or int(value) > _U64:
-        raise UsageError(f"{what} must be a snowflake (a decimal u64 string), got {value!r}")
-    return int(value)
+    try:
+        return int(check_snowflake(value, what))
+    except MalformedMessage as exc:
+        raise UsageError(f"{exc}, got {value!r}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ __all__ = [
     "INTENT_GUILD_VOICE_STATES",
     "GatewayShard",
     "ShardStats",
+    "check_gateway_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,26 @@ _RESUMABLE_CLOSE = 4000
 _MAX_FRAME = 1 << 24
 
 
+def check_gateway_url(url: str) -> str:
+    """Return ``url`` if it can be a main-gateway URL: ``ws://`` or ``wss://``, a host, a port.
+
+    Checked once, up front: a URL that can never connect would otherwise be
+    retried with backoff until a timeout that names no cause.
+
+    Raises:
+        UsageError: If it cannot be.
+    """
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("ws", "wss") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except (ValueError, TypeError, AttributeError):
+        valid = False
+    if not valid:
+        raise UsageError(f"the gateway URL must be ws://HOST[:PORT]/... or wss://..., got {url!r}")
+    return url
+
+
 @dataclass(slots=True)
 class ShardStats:
     """What a :class:`GatewayShard` counted, problems it survived included."""
@@ -111,6 +132,9 @@ class GatewayShard:
         backoff: The delay policy between failed attempts (1 s doubling to
             60 s, jittered, by default).
 
+    Raises:
+        UsageError: If ``url`` is not a ``ws://`` or ``wss://`` URL with a host.
+
     Example:
         >>> shard = GatewayShard(token, url=sandbox.gateway_url, ssl=sandbox.client_ssl())
         >>> await shard.start()   # doctest: +SKIP
@@ -126,7 +150,7 @@ class GatewayShard:
         backoff: Backoff | None = None,
     ) -> None:
         self._token = token if isinstance(token, Secret) else Secret(token)
-        self.url = url
+        self.url = check_gateway_url(url)
         self._ssl = ssl
         self.intents = intents
         self.backoff = backoff if backoff is not None else Backoff()

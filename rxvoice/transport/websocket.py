@@ -140,7 +140,7 @@ class WebSocketTransport:
         try:
             self._ws = await connect(url, **kwargs)  # type: ignore[arg-type]
         except (InvalidHandshake, InvalidURI) as exc:
-            raise OSError(f"voice WebSocket handshake failed: {exc}") from exc
+            raise OSError(f"WebSocket handshake with {url} failed: {exc}") from exc
 
     async def frames(self) -> AsyncIterator[Frame]:
         """Yield received frames (``str`` for text, ``bytes`` for binary) until the close."""

@@ -14,7 +14,7 @@ from reactivex.subject import Subject
 from rxvoice import operators as vops
 from rxvoice.audio.opus import OpusDecoder
 from rxvoice.discordpy import RxVoiceClient
-from rxvoice.errors import DaveRequired
+from rxvoice.errors import DaveRequired, UsageError
 from rxvoice.events import ConnectionState, PcmChunk
 from rxvoice.protocol.rtp import SILENCE_FRAME
 from rxvoice.testing.packets import concat, dominant_frequency, opus_tone, tone_pcm
@@ -290,3 +290,5 @@ def test_with_options_refuses_what_the_client_sets() -> None:
         RxVoiceClient.with_options(channel_id="1")
     with pytest.raises(Exception, match="token"):
         RxVoiceClient.with_options(token="x")
+    with pytest.raises(UsageError, match="jitter_latncy"):  # misspelt: now, not at connect()
+        RxVoiceClient.with_options(jitter_latncy=0.1)

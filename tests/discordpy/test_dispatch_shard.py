@@ -46,7 +46,10 @@ async def test_feed_emits_the_voice_dispatches_and_sends_op4(
     with caplog.at_level(logging.WARNING):
         assert shard.feed("VOICE_SERVER_UPDATE", {"guild_id": "1"}) is None
         assert shard.feed("VOICE_STATE_UPDATE", [1, 2]) is None
-    assert shard.malformed == 2 and len(updates.items) == 2
+        # Integer ids that are no snowflake (str() of a 5000-digit int raises).
+        assert shard.feed("VOICE_STATE_UPDATE", {**STATE, "user_id": 10**5000}) is None
+        assert shard.feed("VOICE_STATE_UPDATE", {**STATE, "guild_id": -1}) is None
+    assert shard.malformed == 4 and len(updates.items) == 2
     assert "malformed VOICE_SERVER_UPDATE" in caplog.text
 
     await shard.update_voice_state("1", "2", self_deaf=True)

@@ -92,10 +92,10 @@ async def test_network_faults_emit_every_frame_that_arrived_once_and_in_order(
     assert len(in_order_once(frames.items, speaker)) == arrived + 1
     assert NETWORK[fault].loss == 0 or lost > 0  # the knob did something
     assert conn.stats.undecryptable_packets == 0
-    if not NETWORK[fault].duplicate:
-        # A duplicate still reaches DAVE before the jitter buffer drops it, and
-        # davey refuses it as a replay: issue 12, defect 3 (the receive side).
-        assert conn.stats.dave_failures == 0
+    # A network duplicate is caught by the replay window before DAVE: it is
+    # counted as a replay, never as a DAVE failure (issue 12, defect 3).
+    assert conn.stats.dave_failures == 0
+    assert (conn.stats.replayed_packets > 0) == (NETWORK[fault].duplicate > 0)
     assert conn.current_state is ConnectionState.READY
     await force_close_releases_everything(conn, sockets)
 

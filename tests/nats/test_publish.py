@@ -9,6 +9,7 @@ import threading
 import nats
 import pytest
 import reactivex
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from reactivex import operators as ops
 from reactivex.subject import Subject
@@ -189,3 +190,14 @@ async def test_a_consumer_carries_on_across_a_broker_restart(
     await got.wait_for(lambda fs: {f.sequence for f in fs} >= set(range(6)))
     assert pub.stats.acked + pub.stats.timeouts == 6
     got.dispose()
+
+
+async def test_acknowledgements_are_read_as_json_not_searched_for_error(nc: NatsClient):
+    # A PubAck names its stream: one called "error" once made every ack an error.
+    js = nc.jetstream()
+    await vnats.ensure_stream(js, vnats.stream_config("error"))
+    source, pub, _ = publisher(js)
+    for n in range(3):
+        source.on_next(frame(n))
+    await pub.drain()
+    assert (pub.stats.acked, pub.stats.errors) == (3, 0)

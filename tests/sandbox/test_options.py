@@ -21,6 +21,7 @@ XCHACHA = "aead_xchacha20_poly1305_rtpsize"
         ({"host": "localhost"}, "IPv4"),
         ({"port": 65535}, "port"),
         ({"speakers": -1}, "speakers"),
+        ({"speakers": 100}, "speakers must be between 0 and 99"),  # joins timed out at 200
         ({"voices": "song"}, "voices"),
         ({"dave": False, "require_dave": True}, "require_dave"),
         ({"resume_window": -0.5}, "resume_window"),

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rxvoice.errors import UsageError
 from rxvoice.shard import GatewayShard, VoiceStateUpdate
 from tests.integration.helpers import Recorder
 
@@ -61,6 +62,12 @@ async def test_malformed_frames_are_counted_logged_without_the_token_and_survive
     assert "malformed gateway frame" in caplog.text
     await shard.close()  # clean: nothing re-raised
     assert updates.completed
+
+
+@pytest.mark.parametrize("url", ["gateway.discord.gg", "http://h/", "wss://", "wss://h:70000"])
+def test_a_url_that_can_never_connect_is_refused_up_front(url: str) -> None:
+    with pytest.raises(UsageError, match="gateway URL"):
+        GatewayShard(TOKEN, url=url)
 
 
 async def test_a_raising_subscriber_does_not_count_as_a_bad_frame() -> None:

@@ -107,6 +107,12 @@ async def test_a_refused_token_and_bad_arguments() -> None:
             {"token": "t", "guild_id": sb.guild_id, "channel_id": True},
             {"token": "t", "ssl": sb.client_ssl(), "ca_file": sb.ca_file, **common},
             {"token": "t", "shard": object(), **common},
+            # A URL that can never connect: refused now, not retried until a timeout.
+            {"token": "t", **common, "gateway_url": "gateway.discord.gg"},
+            {"token": "t", **common, "gateway_url": "https://127.0.0.1:1/"},
+            # A misspelt Connection option: it once failed only after the shard was up,
+            # and left that shard running.
+            {"token": "t", **common, "jitter_latncy": 0.1},
         ]
         for kwargs in bad:
             with pytest.raises(UsageError):

@@ -19,13 +19,17 @@ from rxvoice.protocol.crypto import EncryptionMode
 from rxvoice.protocol.gateway import check_snowflake
 from rxvoice.testing.sandbox.faults import Faults
 
-__all__ = ["SandboxOptions", "cli_flag"]
+__all__ = ["MAX_SPEAKERS", "SandboxOptions", "cli_flag"]
 
 _ALL_MODES = (
     EncryptionMode.AEAD_AES256_GCM_RTPSIZE.value,
     EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE.value,
 )
 VOICES = ("tone", "speech")
+MAX_SPEAKERS = 99
+"""The most speakers a sandbox starts with: the highest user limit Discord lets a voice
+channel have, and the most the sandbox is measured with (docs/benchmarks.md); with 200,
+the speakers' joins timed out."""
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 
 
@@ -49,7 +53,8 @@ class SandboxOptions:
         port: Main-gateway port; the voice gateway (TCP) and the relay (UDP)
             use ``port + 1``. 0 picks free ports.
         speakers: Simulated speakers that join at start (together, see
-            ``Sandbox.add_speakers``) and talk (see ``voices``).
+            ``Sandbox.add_speakers``) and talk (see ``voices``); at most
+            :data:`MAX_SPEAKERS`.
         voices: ``"tone"`` (the default): each speaker sings a steady sine,
             speaker ``i`` at 300 + 150·i Hz, talking 1 s then pausing, all
             at once. ``"speech"``: speech-like voices (vowels with a pitch
@@ -100,7 +105,8 @@ class SandboxOptions:
         ),
     )
     speakers: int = field(
-        default=0, metadata=cli_flag("--speakers", "simulated speakers (default 0)")
+        default=0,
+        metadata=cli_flag("--speakers", f"simulated speakers, 0 to {MAX_SPEAKERS} (default 0)"),
     )
     voices: str = field(
         default="tone",
@@ -161,7 +167,10 @@ class SandboxOptions:
                 f"host must be an IPv4 address, got {self.host!r}",
             ),
             (0 <= self.port < 0xFFFF, f"port must be 0..65534 (PORT+1 is used), got {self.port}"),
-            (self.speakers >= 0, f"speakers must not be negative, got {self.speakers}"),
+            (
+                0 <= self.speakers <= MAX_SPEAKERS,
+                f"speakers must be between 0 and {MAX_SPEAKERS}, got {self.speakers}",
+            ),
             (
                 self.voices in VOICES,
                 f"voices must be 'tone' or 'speech', got {self.voices!r}",
