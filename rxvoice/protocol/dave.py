@@ -28,9 +28,13 @@ Rules it follows (see protocol.md §5.7 and the whitepaper):
   settled group (no transition under way, not waiting to join) count towards
   ``failure_tolerance``, as failures in a row with nothing decrypted in
   between (from anyone: discord.js's rule, which catches a broken session,
-  not one bad sender). Past it the session re-initialises (op 31 + a new key
-  package), at most once per ``reinit_backoff`` seconds, a backoff that
-  doubles while re-initialising does not help; a failure never ends anything;
+  not one bad sender). A caller that holds failed frames for a retry after
+  the next key change (``decrypt(held=True)``, as the receiver does) reports
+  them with :meth:`DaveManager.lost` only when they never open: a sender that
+  switched to a new epoch's keys before our commit arrived is not a failure.
+  Past the tolerance the session re-initialises (op 31 + a new key package),
+  at most once per ``reinit_backoff`` seconds, a backoff that doubles while
+  re-initialising does not help; a failure never ends anything;
 - frames that are not DAVE frames pass through while DAVE is off, while a
   downgrade is pending (``downgrade_passthrough`` seconds), and for
   ``upgrade_passthrough`` seconds after an upgrade or after joining our first
@@ -554,7 +558,7 @@ class DaveManager:
         return frame
 
     def decrypt(
-        self, user_id: str, frame: bytes, now: float, *, retry: bool = False
+        self, user_id: str, frame: bytes, now: float, *, held: bool = False
     ) -> bytes | None:
         """Remove the E2EE layer of ``user_id``'s frame.
 
@@ -562,8 +566,12 @@ class DaveManager:
             user_id: The sender.
             frame: The frame, transport layer removed.
             now: The current time in seconds.
-            retry: The frame failed before (it is tried again after a key
-                change): a new failure is not counted twice towards the tolerance.
+            held: The caller keeps a frame that fails, tries it again after the
+                next key change and reports it with :meth:`lost` if it never
+                opens: its failure counts towards the tolerance only then. A
+                sender may switch to a new epoch's keys before our copy of the
+                commit arrives (gateway and media travel apart), so a failure
+                that the next key change cures is no sign of a broken session.
 
         Returns:
             The Opus frame, or ``None`` when it could not be decrypted (counted;
@@ -580,12 +588,12 @@ class DaveManager:
                 self.stats.passed_through += 1
                 return frame
             # Expected while we wait to be welcomed: counted, never a reason to reset.
-            self._failed(user_id, "no established DAVE group", now, retry=retry)
+            self._failed(user_id, "no established DAVE group", now, count=not held)
             return None
         try:
             opus = session.decrypt(int(user_id), _AUDIO, frame)
         except _DAVEY_ERRORS as exc:
-            self._failed(user_id, str(exc), now, retry=retry)
+            self._failed(user_id, str(exc), now, count=not held)
             return None
         self._streak = 0
         if self._blamed is not None and user_id == self._blamed:
@@ -622,17 +630,36 @@ class DaveManager:
             return DaveFailure.TRANSITION
         return DaveFailure.FAILED
 
-    def _failed(self, user_id: str, why: str, now: float, *, retry: bool) -> None:
+    def lost(self, user_id: str, cause: DaveFailure, now: float) -> None:
+        """A frame that failed with ``held=True`` never opened: count it now.
+
+        Args:
+            user_id: The sender.
+            cause: :meth:`failure_cause` when it first failed; only a failure
+                in a settled group (:attr:`DaveFailure.FAILED`) counts
+                towards the tolerance.
+            now: The current time in seconds.
+        """
+        if self._deferred is not None:
+            self._catch_up(now)
+        if cause is DaveFailure.FAILED:
+            self._count(user_id, "still failing after a key change, or none came", now)
+
+    def _failed(self, user_id: str, why: str, now: float, *, count: bool) -> None:
         if self._deferred is not None:
             self._catch_up(now)
         stats = self.stats
         stats.decrypt_failures += 1
         stats.failures_by_user[user_id] = stats.failures_by_user.get(user_id, 0) + 1
-        if retry or self.failure_cause(now) is not DaveFailure.FAILED:
-            # Counted once, and only in a settled group: without a group, or
-            # while keys switch, failures are expected and re-initialising
-            # would only delay the group further.
-            return
+        if count and self.failure_cause(now) is DaveFailure.FAILED:
+            # Only in a settled group: without a group, or while keys switch,
+            # failures are expected and re-initialising would only delay the
+            # group further.
+            self._count(user_id, why, now)
+
+    def _count(self, user_id: str, why: str, now: float) -> None:
+        """One more real failure in a row; past the tolerance, re-initialise."""
+        stats = self.stats
         self._streak += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(

@@ -631,7 +631,9 @@ class VoiceReceiver:
                     )
                     return
             else:
-                opus = dave.decrypt(user, payload, now)
+                # Held: a failure counts towards DAVE's tolerance only once it
+                # is lost for good (_dave_failed), after the retry below.
+                opus = dave.decrypt(user, payload, now, held=True)
                 if opus is None:
                     cause = dave.failure_cause(now)
                     self._mark_dave_lost(packet)
@@ -745,7 +747,7 @@ class VoiceReceiver:
         for arrived, user, packet, cause in waiting:
             opus = None
             if now - arrived <= self.retry_window:
-                opus = dave.decrypt(user, packet.payload, now, retry=True)
+                opus = dave.decrypt(user, packet.payload, now, held=True)
             if opus is None:
                 self._dave_failed(user, packet, cause)
                 continue
@@ -765,6 +767,8 @@ class VoiceReceiver:
     def _dave_failed(self, user: str, packet: RtpPacket, cause: DaveFailure) -> None:
         """A frame is lost to DAVE for good: count it by the cause it failed with."""
         stats = self.stats
+        if self.dave is not None:
+            self.dave.lost(user, cause, self._now)
         if cause is DaveFailure.FAILED:
             stats.dave_failures += 1
         elif cause is DaveFailure.NOT_IN_GROUP:

@@ -387,7 +387,7 @@ def test_a_retried_frame_is_not_counted_twice_towards_the_tolerance():
     for _ in range(3):
         a.decrypt(B, GARBAGE, call.now)
     for _ in range(10):
-        assert a.decrypt(B, GARBAGE, call.now, retry=True) is None
+        assert a.decrypt(B, GARBAGE, call.now, held=True) is None
     assert a.stats.recoveries == 0 and a.stats.decrypt_failures == 13
 
 

@@ -634,3 +634,43 @@ def test_the_receiver_runs_the_dave_managers_deadline():
     assert rx.next_deadline() == T0 + 1.0
     rx.poll(T0 + 1.0)
     assert a.stats.recoveries == 2
+
+
+def test_a_sender_ahead_of_our_commit_is_no_reason_to_reinitialise():
+    # C leaves a settled call. B takes the commit and seals with the new
+    # epoch's keys while A's copy is still on its way (gateway and media
+    # travel apart): 40 of B's frames fail at A (tolerance 3), then the
+    # commit reaches A and opens them. A failure the next key change cures
+    # says nothing about the session: no re-initialisation, nothing lost.
+    call = SlowCall()
+    a = call.join(A, tolerance=3)
+    b = call.join(B)
+    call.join(C)
+    call.tick(5.0)
+    rx = dave_receiver(a)
+    call.late = A
+    call.leave(C)
+    assert b.epoch == a.epoch + 1
+    now = T0 + call.now
+    out = rx.receive([packet(n, 2, b.encrypt(OPUS)) for n in range(1, 41)], now)
+    assert out.raw == [] and a.stats.decrypt_failures == 40
+    call.catch_up()  # the commit: A's keys change
+    out = rx.poll(now + 0.1)
+    assert seqs(out.raw) == list(range(1, 41))
+    assert a.stats.recoveries == 0 and rx.stats.dave_failures == 0
+    assert rx.stats.dave_retried == 40
+
+
+def test_frames_no_key_change_opens_count_towards_the_tolerance_when_lost():
+    # A broken session (every frame fails, keys never change): the failures
+    # count once their retry window ends, and past the tolerance DAVE re-initialises.
+    call = Call()
+    a = call.join(A, tolerance=3)
+    b = call.join(B)
+    call.tick(5.0)
+    rx = dave_receiver(a)
+    now = T0 + call.now
+    rx.receive([packet(n, 2, tampered(b.encrypt(OPUS))) for n in range(1, 5)], now)
+    assert a.stats.recoveries == 0  # held for a retry: not counted yet
+    rx.poll(now + RETRY_WINDOW + 0.01)
+    assert rx.stats.dave_failures == 4 and a.stats.recoveries == 1
