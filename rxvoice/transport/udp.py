@@ -7,9 +7,10 @@ machine, against ~1 µs for the ``recv`` itself). So a wake-up reads everything
 the kernel holds, and while datagrams come faster than :data:`DRAIN_INTERVAL`
 apart the transport stops watching the socket and drains it every
 :data:`DRAIN_INTERVAL` instead: 99 speakers (4,950 packets/s) then cost 100
-wake-ups a second, not thousands, for at most that interval of added latency. A
-tick that finds nothing goes back to waking on readiness, so a quiet call adds
-no latency at all (see docs/benchmarks.md).
+wake-ups a second, not thousands, for at most that interval of added latency.
+Two ticks in a row that find nothing go back to waking on readiness (one would
+not: speakers' packets often come in bursts 20 ms apart), so a quiet call, or
+one speaker, adds no latency at all (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _MAX_DATAGRAM = 2048
 DRAIN_INTERVAL = 0.01
 """Seconds between two drains of a busy socket (see the module docstring); the most
 latency the tick adds to a packet."""
+
+_QUIET_TICKS = 2  # ticks in a row without a datagram that end draining on a tick
 
 
 @dataclass(slots=True)
@@ -87,6 +90,7 @@ class UdpTransport:
         self.drain_interval = drain_interval
         self._tick: asyncio.TimerHandle | None = None  # draining on a tick (not watching)
         self._last_wake = float("-inf")
+        self._empty_ticks = 0  # ticks in a row that found nothing
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._discovery: asyncio.Future[IpDiscoveryResponse] | None = None
@@ -226,20 +230,21 @@ class UdpTransport:
         now = loop.time()
         interval = self.drain_interval
         if now - self._last_wake < interval:
+            self._empty_ticks = 0
             loop.remove_reader(sock.fileno())
             self._tick = loop.call_at(now + interval, self._on_tick)
         self._last_wake = now
 
     def _on_tick(self) -> None:
-        """Drain; if nothing came since the last tick, wait for readiness again."""
+        """Drain; after two ticks that found nothing, wait for readiness again."""
         self._tick = None
         loop, sock = self._loop, self._sock
         if loop is None or sock is None:
             return
-        drained = self._drain(sock)
+        self._empty_ticks = 0 if self._drain(sock) else self._empty_ticks + 1
         if self._sock is not sock:
             return  # closed meanwhile
-        if drained and self.drain_interval > 0:
+        if self._empty_ticks < _QUIET_TICKS and self.drain_interval > 0:
             self._tick = loop.call_at(loop.time() + self.drain_interval, self._on_tick)
         else:
             self._last_wake = float("-inf")
