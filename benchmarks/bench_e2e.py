@@ -1,7 +1,7 @@
 """End-to-end receive benchmark: a sandbox call with N speakers, each client its own process.
 
 Run: ``python benchmarks/bench_e2e.py [--quick] [--speakers 1,10,50,99] [--repeat 3]
-[--window 3] [--plot PATH] [--no-node] [--profile KIND]``.
+[--window 3] [--plot PATH] [--no-node] [--uvloop] [--profile KIND]``.
 
 This process hosts the sandbox, with DAVE. The clients (``e2e_client.py``: rxvoice
 frames, rxvoice decode+mix, a naive Python receiver; ``e2e_djs.cjs``: discord.js
@@ -16,9 +16,11 @@ packets its application received; the table gives the median over the repeats.
 Latency: the sandbox's relay stamps each packet it sends to the client
 (``Sandbox.tap_relay``, monotonic clock), the client stamps each frame it emits
 (same clock, another process) only inside a separate latency window, and the two
-are matched by (SSRC, sequence). Send cost: ``send_opus`` in bursts and paced
-``play_opus`` (discord.js: ``prepareAudioPacket``/``dispatchAudio`` and an
-``AudioPlayer``) in a call with one silent DAVE speaker.
+are matched by (SSRC, sequence). ``--uvloop`` adds the rxvoice frames client on
+uvloop's event loop (``rxvoice[speed]``), in the same turns. Send cost:
+``send_opus`` in bursts and paced ``play_opus`` (discord.js:
+``prepareAudioPacket``/``dispatchAudio`` and an ``AudioPlayer``) in a call with one
+silent DAVE speaker.
 
 The discord.js client is installed from the npm registry into
 ``~/.cache/rxvoice-bench/node`` (never into the repository). Not a test: nothing
@@ -63,7 +65,8 @@ COLUMNS = {
     "djs-mix": "discord.js decode+mix",
     "naive-mix": "naive Python decode+mix",
 }
-LATENCY_KINDS = ("rx-frames", "djs-frames")
+UVLOOP_COLUMNS = {"rx-frames+uvloop": "rxvoice frames (uvloop)"}
+LATENCY_KINDS = ("rx-frames", "rx-frames+uvloop", "djs-frames")
 SEND_KINDS = {"rx-send": "rxvoice", "djs-send": "discord.js"}
 PACKETS_PER_SPEAKER = 50  # per second
 
@@ -521,7 +524,7 @@ def plot(
         ys = [us for _, us in points if us is not None]
         library = kind.split("-")[0]
         color = {"rx": "tab:blue", "djs": "tab:orange", "naive": "tab:green"}[library]
-        style = {"rx": "-", "djs": "--", "naive": ":"}[library]
+        style = "-." if kind.endswith("uvloop") else {"rx": "-", "djs": "--", "naive": ":"}[library]
         marker = "s" if kind.endswith("mix") else "o"
         ax.plot(xs, ys, style, color=color, marker=marker, label=COLUMNS[kind])
     ax.set_xscale("log")
@@ -553,6 +556,13 @@ async def run(args: argparse.Namespace) -> None:
         latency_window=args.latency_window,
         node_modules=node_modules,
     )
+    if args.uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            print("uvloop is not installed (pip install 'rxvoice[speed]'): --uvloop ignored.")
+        else:
+            COLUMNS.update(UVLOOP_COLUMNS)
     kinds = [k for k in COLUMNS if node_modules is not None or not k.startswith("djs-")]
     print(f"machine: {machine()}")
     load_at_start = os.getloadavg()[0]
@@ -590,6 +600,9 @@ def main() -> None:
     parser.add_argument("--latency-window", type=float, default=2.0)
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
     parser.add_argument("--no-node", action="store_true", help="skip discord.js")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="also run the rxvoice frames client on uvloop"
+    )
     parser.add_argument(
         "--profile", metavar="KIND", help="only cProfile one client (e.g. rx-frames) instead"
     )
