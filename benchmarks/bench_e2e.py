@@ -1,7 +1,7 @@
 """End-to-end receive benchmark: a sandbox call with N speakers, each client its own process.
 
 Run: ``python benchmarks/bench_e2e.py [--quick] [--speakers 1,10,50,99] [--repeat 3]
-[--window 3] [--plot PATH] [--no-node] [--profile KIND]``.
+[--window 3] [--plot PATH] [--no-node] [--uvloop] [--profile KIND]``.
 
 This process hosts the sandbox, with DAVE. The clients (``e2e_client.py``: rxvoice
 frames, rxvoice decode+mix, a naive Python receiver; ``e2e_djs.cjs``: discord.js
@@ -16,9 +16,11 @@ packets its application received; the table gives the median over the repeats.
 Latency: the sandbox's relay stamps each packet it sends to the client
 (``Sandbox.tap_relay``, monotonic clock), the client stamps each frame it emits
 (same clock, another process) only inside a separate latency window, and the two
-are matched by (SSRC, sequence). Send cost: ``send_opus`` in bursts and paced
-``play_opus`` (discord.js: ``prepareAudioPacket``/``dispatchAudio`` and an
-``AudioPlayer``) in a call with one silent DAVE speaker.
+are matched by (SSRC, sequence). ``--uvloop`` adds the rxvoice frames client on
+uvloop's event loop (``rxvoice[speed]``), in the same turns. Send cost:
+``send_opus`` in bursts and paced ``play_opus`` (discord.js:
+``prepareAudioPacket``/``dispatchAudio`` and an ``AudioPlayer``) in a call with one
+silent DAVE speaker.
 
 The discord.js client is installed from the npm registry into
 ``~/.cache/rxvoice-bench/node`` (never into the repository). Not a test: nothing
@@ -63,7 +65,8 @@ COLUMNS = {
     "djs-mix": "discord.js decode+mix",
     "naive-mix": "naive Python decode+mix",
 }
-LATENCY_KINDS = ("rx-frames", "djs-frames")
+UVLOOP_COLUMNS = {"rx-frames+uvloop": "rxvoice frames (uvloop)"}
+LATENCY_KINDS = ("rx-frames", "rx-frames+uvloop", "djs-frames")
 SEND_KINDS = {"rx-send": "rxvoice", "djs-send": "discord.js"}
 PACKETS_PER_SPEAKER = 50  # per second
 
@@ -141,10 +144,12 @@ class Client:
         return await self.read()
 
     def pause(self) -> None:
-        self.process.send_signal(signal.SIGSTOP)
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGCONT)
 
     def tail(self) -> str:
         with contextlib.suppress(OSError):
@@ -267,8 +272,13 @@ async def measure_receive(n: int, kinds: list[str], settings: Settings) -> dict[
                     client.pause()
                 for r in range(settings.repeat):
                     turn = clients[r % len(clients) :] + clients[: r % len(clients)]
-                    for client in alive(turn):
-                        await measure_turn(sb, client, results[client.kind], n, settings)
+                    for client in turn:
+                        if not alive([client]):  # it died in another's turn (its log printed)
+                            continue
+                        try:
+                            await measure_turn(sb, client, results[client.kind], n, settings)
+                        except (RuntimeError, TimeoutError) as exc:  # it died in its own
+                            print(f"  {client.kind} failed its turn: {exc!r}", flush=True)
         finally:
             for client in clients:
                 await client.close()
@@ -521,7 +531,7 @@ def plot(
         ys = [us for _, us in points if us is not None]
         library = kind.split("-")[0]
         color = {"rx": "tab:blue", "djs": "tab:orange", "naive": "tab:green"}[library]
-        style = {"rx": "-", "djs": "--", "naive": ":"}[library]
+        style = "-." if kind.endswith("uvloop") else {"rx": "-", "djs": "--", "naive": ":"}[library]
         marker = "s" if kind.endswith("mix") else "o"
         ax.plot(xs, ys, style, color=color, marker=marker, label=COLUMNS[kind])
     ax.set_xscale("log")
@@ -529,7 +539,7 @@ def plot(
     ax.set_xticks(speakers, [str(n) for n in speakers])
     ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_yticks([20, 30, 50, 100, 200, 300, 500])
+    ax.set_yticks([10, 20, 30, 50, 100, 200, 300, 500])
     ax.set_xlabel("speakers (50 packets/s each, DAVE)")
     ax.set_ylabel("µs CPU per received packet")
     ax.set_title(f"End-to-end receive cost, {note}", fontsize=9)
@@ -553,6 +563,13 @@ async def run(args: argparse.Namespace) -> None:
         latency_window=args.latency_window,
         node_modules=node_modules,
     )
+    if args.uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            print("uvloop is not installed (pip install 'rxvoice[speed]'): --uvloop ignored.")
+        else:
+            COLUMNS.update(UVLOOP_COLUMNS)
     kinds = [k for k in COLUMNS if node_modules is not None or not k.startswith("djs-")]
     print(f"machine: {machine()}")
     load_at_start = os.getloadavg()[0]
@@ -590,6 +607,9 @@ def main() -> None:
     parser.add_argument("--latency-window", type=float, default=2.0)
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG plot here")
     parser.add_argument("--no-node", action="store_true", help="skip discord.js")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="also run the rxvoice frames client on uvloop"
+    )
     parser.add_argument(
         "--profile", metavar="KIND", help="only cProfile one client (e.g. rx-frames) instead"
     )

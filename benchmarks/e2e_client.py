@@ -11,6 +11,9 @@ Run: ``python benchmarks/e2e_client.py KIND USER_ID`` with the sandbox's JSON li
   (websockets + davey, no rxvoice Connection);
 - ``rx-send``: rxvoice sending: ``send_opus`` in bursts, then paced ``play_opus``.
 
+A kind ending in ``+uvloop`` (``rx-frames+uvloop``) runs the same client on uvloop's
+event loop (``rxvoice[speed]``) instead of asyncio's.
+
 The client joins, prints ``{"ready": ...}``, then answers one JSON line per
 command line on stdin: ``heard`` (once frames of every listed speaker arrived),
 ``mark`` (process CPU and frames so far), ``latency-on`` / ``latency-off`` (record
@@ -291,6 +294,7 @@ KINDS: dict[str, type[Client]] = {
 
 
 async def main(kind: str, user_id: str) -> None:
+    kind = kind.removesuffix("+uvloop")
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
@@ -338,4 +342,9 @@ def reply(message: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    if sys.argv[1].endswith("+uvloop"):
+        import uvloop
+
+        uvloop.run(main(sys.argv[1], sys.argv[2]))
+    else:
+        asyncio.run(main(sys.argv[1], sys.argv[2]))

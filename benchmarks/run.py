@@ -3,6 +3,7 @@
 Prints Markdown tables; docs/benchmarks.md keeps the latest results with the
 machine they came from. Not a test: nothing here asserts a speed. ``--quick``
 runs fewer repeats and a short end-to-end run (N = 10, 50); a full run also
+runs the rxvoice frames client on uvloop (where ``rxvoice[speed]`` is installed) and
 redraws docs/benchmarks-e2e.png.
 """
 
@@ -22,7 +23,11 @@ def main() -> int:
     )
     quick = "--quick" in sys.argv[1:]
     args = [arg for arg in sys.argv[1:] if arg != "--quick"] + (["--repeat", "2"] if quick else [])
-    e2e = ["--quick"] if quick else ["--plot", str(HERE.parent / "docs" / "benchmarks-e2e.png")]
+    e2e = (
+        ["--quick"]
+        if quick
+        else ["--uvloop", "--plot", str(HERE.parent / "docs" / "benchmarks-e2e.png")]
+    )
     for script, script_args in (
         ("bench_receive.py", args),
         ("bench_audio.py", args),

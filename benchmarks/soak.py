@@ -59,7 +59,16 @@ Pipe = multiprocessing.connection.Connection
 
 # Receive counters that are frames the bot read and did not emit (see ReceiverStats),
 # and diagnostics that stand for such frames without a counter of their own.
-DROP_COUNTERS = ("dave_failures", "undecryptable_packets", "malformed_packets", "unmapped_expired")
+DROP_COUNTERS = (
+    "dave_failures",
+    "dave_failures_before_join",
+    "dave_failures_in_transition",
+    "replayed_packets",
+    "stale_packets",
+    "undecryptable_packets",
+    "malformed_packets",
+    "unmapped_expired",
+)
 DROP_DIAGNOSTICS = (DiagnosticKind.NO_KEYS,)
 
 

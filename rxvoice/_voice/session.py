@@ -153,9 +153,10 @@ class Session:
         self._arm()
 
     def _receiver(self) -> VoiceReceiver:
-        """The receiver, told whether anyone listens to diagnostics (else none are built)."""
+        """The receiver, told if anyone wants diagnostics and raw frames (else none are made)."""
         receiver = self.receiver
         receiver.diagnose = bool(self.conn._on_diagnostic.observers)
+        receiver.keep_raw = bool(self.conn._on_raw_audio_frame.observers)
         return receiver
 
     def _deliver(self, received: Received) -> None:

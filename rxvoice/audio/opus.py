@@ -210,7 +210,7 @@ class OpusDecoder(_LibopusState):
         ((960, 2), 'int16')
     """
 
-    __slots__ = ("_buffer", "_view")
+    __slots__ = ("_buffer", "_decode_fn", "_frames")
 
     _kind = "decoder"
 
@@ -223,7 +223,9 @@ class OpusDecoder(_LibopusState):
         # call; results are copied out so callers never see it change.
         max_samples = sample_rate * _MAX_PACKET_MS10 // 10_000
         self._buffer = (ctypes.c_int16 * (max_samples * channels))()
-        self._view: PcmArray = np.ctypeslib.as_array(self._buffer)
+        # The buffer as (samples, channels): a result is one slice and one copy.
+        self._frames: PcmArray = np.ctypeslib.as_array(self._buffer).reshape(-1, channels)
+        self._decode_fn = lib.decoder.libopus_decode
 
     @property
     def frame_samples(self) -> int:
@@ -310,18 +312,17 @@ class OpusDecoder(_LibopusState):
 
     def _decode(self, packet: bytes | None, frame_size: int, *, fec: bool) -> PcmArray:
         self._check_open()
-        n = self._lib.decoder.libopus_decode(
+        n = self._decode_fn(
             self._state,
             packet,
             len(packet) if packet is not None else 0,
             self._buffer,
             frame_size,
-            int(fec),
+            fec,
         )
         if n < 0:
             raise MalformedPacket(f"Opus packet could not be decoded: {_error_text(self._lib, n)}")
-        ch = self._channels
-        return self._view[: n * ch].reshape(n, ch).copy()
+        return self._frames[:n].copy()
 
 
 class OpusEncoder(_LibopusState):

@@ -181,16 +181,43 @@ class SsrcDecoder:
         concealed: bool = False,
         recovered: bool = False,
     ) -> PcmChunk:
-        return PcmChunk(
-            frame.user_id,
-            frame.ssrc,
-            timestamp,
-            pcm,
-            self._decoder.sample_rate,
-            concealed,
-            recovered,
-            self._clock.time_of(timestamp),
-        )
+        chunk = _new(PcmChunk)  # PcmChunk(...) by its slots: see _SLOTS
+        _set_user_id(chunk, frame.user_id)
+        _set_ssrc(chunk, frame.ssrc)
+        _set_timestamp(chunk, timestamp)
+        _set_pcm(chunk, pcm)
+        _set_sample_rate(chunk, self._decoder.sample_rate)
+        _set_concealed(chunk, concealed)
+        _set_recovered(chunk, recovered)
+        _set_time(chunk, self._clock.time_of(timestamp))
+        return chunk
+
+
+# _SLOTS: every decoded frame makes a chunk, and PcmChunk's frozen __init__
+# costs an object.__setattr__ per field, twice as slow as filling the slots.
+_new = object.__new__
+(
+    _set_user_id,
+    _set_ssrc,
+    _set_timestamp,
+    _set_pcm,
+    _set_sample_rate,
+    _set_concealed,
+    _set_recovered,
+    _set_time,
+) = (
+    PcmChunk.__dict__[name].__set__
+    for name in (
+        "user_id",
+        "ssrc",
+        "timestamp",
+        "pcm",
+        "sample_rate",
+        "concealed",
+        "recovered",
+        "time",
+    )
+)
 
 
 def decode_opus_(

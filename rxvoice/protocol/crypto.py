@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+import struct
 from collections.abc import Iterable
 
 from cryptography.exceptions import InvalidTag
@@ -32,6 +33,7 @@ from rxvoice.protocol.rtp import (
     RtpHeader,
     RtpPacket,
     build_header,
+    strip_padding,
 )
 
 __all__ = [
@@ -57,6 +59,7 @@ NONCE_SUFFIX_SIZE = 4
 _U32 = 1 << 32
 _U16 = 1 << 16
 _OVERHEAD = TAG_SIZE + NONCE_SUFFIX_SIZE
+_U16_AT = struct.Struct(">H").unpack_from
 
 
 class EncryptionMode(enum.StrEnum):
@@ -234,6 +237,44 @@ class TransportCipher:
             return RtpPacket.from_plaintext(header, plaintext)
         except MalformedPacket:  # authentic, but bad padding or extension length: rare
             return OpenFailure.MALFORMED
+
+    def open_payload(self, datagram: bytes) -> bytes | OpenFailure:
+        """The payload of one RTP datagram (Opus or a DAVE frame), or why not, without raising.
+
+        :meth:`try_open` for the receive path, without the header objects: the
+        caller reads the fixed header itself (one ``struct`` call), and padding
+        and the extension body are removed as :meth:`RtpPacket.from_plaintext`
+        does.
+
+        Args:
+            datagram: The received datagram.
+
+        Returns:
+            The payload, or why the datagram could not be opened.
+        """
+        if type(datagram) is not bytes:  # a bytearray or memoryview from a user's stream
+            datagram = bytes(datagram)
+        n = len(datagram)
+        if n < RTP_HEADER_SIZE:
+            return OpenFailure.MALFORMED
+        b0 = datagram[0]
+        hlen = RTP_HEADER_SIZE + 4 * (b0 & 0x0F) + (4 if b0 & 0x10 else 0)
+        if b0 >> 6 != RTP_VERSION or n < hlen + _OVERHEAD:
+            return OpenFailure.MALFORMED
+        payload = self._decrypt(datagram, hlen)
+        if payload is None:
+            return OpenFailure.UNDECRYPTABLE
+        if b0 & 0x20:  # padding (rare): the last byte counts it
+            try:
+                payload = strip_padding(payload)
+            except MalformedPacket:
+                return OpenFailure.MALFORMED
+        if b0 & 0x10:  # the extension body starts the plaintext; the preamble gives its length
+            size = 4 * _U16_AT(datagram, hlen - 2)[0]
+            if size > len(payload):
+                return OpenFailure.MALFORMED
+            payload = payload[size:]
+        return payload
 
     def _decrypt(self, datagram: bytes, hlen: int) -> bytes | None:
         """The AEAD step: the plaintext, or ``None`` when authentication fails.

@@ -183,31 +183,12 @@ class DaveFrame:
         Raises:
             DaveError: The frame fails the check.
         """
-        n = len(frame)
-        if n < MIN_SUPPLEMENTAL_SIZE:
-            raise DaveError(f"frame too short for DAVE ({n} bytes)")
-        if frame[-2:] != MAGIC_MARKER:
-            raise DaveError("frame does not end with the DAVE magic marker")
-        supp = frame[-3]
-        if supp < MIN_SUPPLEMENTAL_SIZE or supp > n:
-            raise DaveError(f"DAVE supplemental size {supp} out of bounds for {n} bytes")
-        start = n - supp
-        end = n - 3  # the size byte and the marker
-        pos = start + TRUNCATED_TAG_SIZE
-        nonce, pos = _decode(frame, pos, end)
-        if nonce >= _U32:
-            raise DaveError("DAVE nonce does not fit in 32 bits")
-        ranges: list[tuple[int, int]] = []
-        while pos < end:
-            offset, pos = _decode(frame, pos, end)
-            size, pos = _decode(frame, pos, end)
-            ranges.append((offset, size))
-        result = tuple(ranges)
-        problem = _check_ranges(result, start)
-        if problem is not None:
-            raise DaveError(problem)
+        trailer = _read_trailer(frame)
+        if isinstance(trailer, str):
+            raise DaveError(trailer)
+        start, nonce, ranges = trailer
         return cls(
-            bytes(frame[:start]), bytes(frame[start : start + TRUNCATED_TAG_SIZE]), nonce, result
+            bytes(frame[:start]), bytes(frame[start : start + TRUNCATED_TAG_SIZE]), nonce, ranges
         )
 
     def serialize(self) -> bytes:
@@ -240,6 +221,46 @@ class DaveFrame:
         return b"".join(parts)
 
 
+_Trailer = tuple[int, int, tuple[tuple[int, int], ...]]
+
+
+def _read_trailer(frame: bytes) -> _Trailer | str:
+    """The protocol-frame check of :meth:`DaveFrame.parse`, without raising or copying.
+
+    Returns:
+        ``(where the supplemental bytes start, nonce, unencrypted ranges)``,
+        or why ``frame`` is not a DAVE frame.
+    """
+    n = len(frame)
+    if n < MIN_SUPPLEMENTAL_SIZE:
+        return f"frame too short for DAVE ({n} bytes)"
+    if frame[-1] != 0xFA or frame[-2] != 0xFA:  # MAGIC_MARKER: most plain Opus stops here
+        return "frame does not end with the DAVE magic marker"
+    supp = frame[-3]
+    if supp < MIN_SUPPLEMENTAL_SIZE or supp > n:
+        return f"DAVE supplemental size {supp} out of bounds for {n} bytes"
+    start = n - supp
+    end = n - 3  # the size byte and the marker
+    try:
+        nonce, pos = _decode(frame, start + TRUNCATED_TAG_SIZE, end)
+        if nonce >= _U32:
+            return "DAVE nonce does not fit in 32 bits"
+        if pos == end:  # no unencrypted ranges: every Opus frame
+            return start, nonce, ()
+        ranges: list[tuple[int, int]] = []
+        while pos < end:
+            offset, pos = _decode(frame, pos, end)
+            size, pos = _decode(frame, pos, end)
+            ranges.append((offset, size))
+    except DaveError as exc:
+        return str(exc)
+    result = tuple(ranges)
+    problem = _check_ranges(result, start)
+    if problem is not None:
+        return problem
+    return start, nonce, result
+
+
 def is_dave_frame(frame: bytes) -> bool:
     """Return whether ``frame`` passes the DAVE protocol-frame check.
 
@@ -249,11 +270,7 @@ def is_dave_frame(frame: bytes) -> bool:
     Returns:
         ``True`` when :meth:`DaveFrame.parse` would accept it. Never raises.
     """
-    try:
-        DaveFrame.parse(frame)
-    except DaveError:
-        return False
-    return True
+    return type(_read_trailer(frame)) is tuple
 
 
 def is_silence(frame: bytes) -> bool:

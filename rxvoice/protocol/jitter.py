@@ -308,6 +308,40 @@ class JitterBuffer(Generic[T]):
             self._accept(sequence, timestamp, item, now, out)
         return out
 
+    def push_next(self, sequence: int, timestamp: int, now: float) -> bool:
+        """Release a packet at once if it is the next one and nothing waits: the common case.
+
+        What :meth:`push` does for such a packet, without building a release
+        list and a :class:`JitterPacket`: the caller passes its item on itself.
+
+        Args:
+            sequence: The RTP sequence number.
+            timestamp: The RTP timestamp.
+            now: The current time in seconds; must not go backwards.
+
+        Returns:
+            ``True`` when the packet was released; ``False`` when it is not
+            the next one, or something is held (then call :meth:`push`; nothing
+            was changed).
+        """
+        nxt = self._next
+        if nxt is None or sequence != nxt & 0xFFFF or self._held or self._candidate is not None:
+            return False
+        if self._max_latency != self._min_latency:
+            self._decay_latency(now)
+        stats = self.stats
+        stats.received += 1
+        if nxt < self._highest:
+            stats.reordered += 1
+        else:
+            self._highest = nxt
+        self._history[nxt & self._history_mask] = _RELEASED
+        self._last_seq = nxt
+        self._last_ts = timestamp
+        self._next = nxt + 1
+        stats.released += 1
+        return True
+
     def poll(self, now: float) -> list[Release[T]]:
         """Release what is due at ``now``: gap markers for packets waited on too long.
 

@@ -73,7 +73,13 @@ from rxvoice.protocol.jitter import (
     JitterPacket,
     Release,
 )
-from rxvoice.protocol.rtp import OPUS_PAYLOAD_TYPE, DatagramKind, RtpPacket, classify
+from rxvoice.protocol.rtp import (
+    OPUS_PAYLOAD_TYPE,
+    RTP_HEADER_SIZE,
+    RTP_VERSION,
+    DatagramKind,
+    classify,
+)
 from rxvoice.protocol.seq import SEQ_MOD
 from rxvoice.protocol.ssrcmap import SsrcMap
 
@@ -118,6 +124,8 @@ _U32 = 0xFFFF_FFFF
 _HALF = 1 << 31
 _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 _NONCE_AT = struct.Struct(">I").unpack_from
+# The fixed header after byte 0: M/PT, sequence, timestamp, SSRC.
+_FIELDS_AT = struct.Struct(">BHII").unpack_from
 
 _K = TypeVar("_K")
 
@@ -247,11 +255,50 @@ class Received:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
 
+# A transport-decrypted packet, as the receiver keeps it between steps (a tuple
+# costs a fraction of an object per packet): ssrc, sequence, timestamp, marker,
+# payload (Opus or a DAVE frame).
+_Packet = tuple[int, int, int, bool, bytes]
 # A held packet: when it arrived, and the packet.
-_Held = tuple[float, RtpPacket]
+_Held = tuple[float, _Packet]
 # A frame waiting for new DAVE keys: when it arrived, its sender, the packet,
 # and why it failed when it arrived.
-_Retry = tuple[float, str, RtpPacket, DaveFailure]
+_Retry = tuple[float, str, _Packet, DaveFailure]
+
+# AudioFrame's slots, filled directly (as RtpHeader.parse does): its frozen
+# __init__ costs an object.__setattr__ per field, twice as slow, for every frame.
+_new = object.__new__
+_set_user_id = AudioFrame.__dict__["user_id"].__set__
+_set_ssrc = AudioFrame.__dict__["ssrc"].__set__
+_set_sequence = AudioFrame.__dict__["sequence"].__set__
+_set_timestamp = AudioFrame.__dict__["timestamp"].__set__
+_set_opus = AudioFrame.__dict__["opus"].__set__
+_set_received_at = AudioFrame.__dict__["received_at"].__set__
+_set_marker = AudioFrame.__dict__["marker"].__set__
+_set_resynced = AudioFrame.__dict__["resynced"].__set__
+
+
+def _audio_frame(
+    user_id: str | None,
+    ssrc: int,
+    sequence: int,
+    timestamp: int,
+    opus: bytes,
+    received_at: float,
+    marker: bool,
+) -> AudioFrame:
+    """``AudioFrame(user_id, ssrc, sequence, timestamp, opus, received_at, marker)``, faster."""
+    frame = _new(AudioFrame)
+    _set_user_id(frame, user_id)
+    _set_ssrc(frame, ssrc)
+    _set_sequence(frame, sequence)
+    _set_timestamp(frame, timestamp)
+    _set_opus(frame, opus)
+    _set_received_at(frame, received_at)
+    _set_marker(frame, marker)
+    _set_resynced(frame, False)
+    return frame
+
 
 _MALFORMED = "malformed RTP packet (truncated, or bad lengths)"
 _UNDECRYPTABLE = "transport authentication failed (wrong key, corrupted or forged)"
@@ -359,6 +406,8 @@ class VoiceReceiver:
         self.counts = counts
         self.diagnose = True
         """Build :class:`Diagnostic` values (a caller with nobody to tell may turn it off)."""
+        self.keep_raw = True
+        """Fill :attr:`Received.raw` (a caller with nobody to pass it to may turn it off)."""
         self.diagnostic_interval = diagnostic_interval
         self._tallies: dict[object, _Tally] = {}
         self._summary_due = float("inf")  # the earliest window with something to summarise
@@ -393,41 +442,41 @@ class VoiceReceiver:
         out = self._start(now)
         self._check_keys(now)
         cipher = self.cipher
+        open_payload = cipher.open_payload if cipher is not None else None
         stats = self.stats
         user_of = self._user_of
         hold = self._hold
         windows = self._windows
         for datagram in datagrams:
-            kind = classify(datagram)
-            if kind is not DatagramKind.RTP:
-                if kind is DatagramKind.RTCP:
-                    stats.rtcp_received += 1
-                else:
-                    stats.other_datagrams += 1
-                if self.counts is not None:
-                    self.counts[f"not_rtp_{kind.value}"] += 1
+            # classify()'s test for RTP, inline: every datagram takes it.
+            if not (
+                len(datagram) > RTP_HEADER_SIZE
+                and datagram[0] >> 6 == RTP_VERSION
+                and not 200 <= datagram[1] <= 206
+            ):
+                self._not_rtp(datagram)
                 continue
             stats.packets_received += 1
-            if cipher is None:
+            if open_payload is None:
                 self._problem(DiagnosticKind.NO_KEYS, "datagram before the session description")
                 continue
-            packet = cipher.try_open(datagram)
-            if type(packet) is not RtpPacket:
-                if packet is OpenFailure.UNDECRYPTABLE:
+            payload = open_payload(datagram)
+            if type(payload) is not bytes:
+                if payload is OpenFailure.UNDECRYPTABLE:
                     stats.undecryptable_packets += 1
                     self._problem(DiagnosticKind.UNDECRYPTABLE_PACKET, _UNDECRYPTABLE)
                 else:
                     stats.malformed_packets += 1
                     self._problem(DiagnosticKind.MALFORMED_PACKET, _MALFORMED)
                 continue
-            header = packet.header
-            if header.payload_type != OPUS_PAYLOAD_TYPE:
+            # The one parse of the header: the lengths were checked by open_payload.
+            b1, sequence, timestamp, ssrc = _FIELDS_AT(datagram, 1)
+            if b1 & 0x7F != OPUS_PAYLOAD_TYPE:
                 stats.other_datagrams += 1
                 if self.counts is not None:
                     self.counts["not_opus"] += 1
                 continue
             stats.packets_decrypted += 1
-            ssrc = header.ssrc
             # The replay window (see the module docstring), inline: it runs for every packet.
             nonce = _NONCE_AT(datagram, len(datagram) - NONCE_SUFFIX_SIZE)[0]
             window = windows.get(ssrc)
@@ -453,6 +502,7 @@ class VoiceReceiver:
                         self._problem(DiagnosticKind.REPLAYED_PACKET, _REPLAYED, ssrc)
                         continue
                     window[1] |= bit
+            packet = (ssrc, sequence, timestamp, b1 > 0x7F, payload)
             user = user_of(ssrc)
             if user is None and hold:
                 self.ssrcs.hold(ssrc, (now, packet), now)
@@ -461,6 +511,16 @@ class VoiceReceiver:
         if self._retry:
             self._expire_retries(now)
         return out
+
+    def _not_rtp(self, datagram: bytes) -> None:
+        """Count a datagram that is not RTP (RTCP, a keepalive echo, something else)."""
+        kind = classify(datagram)
+        if kind is DatagramKind.RTCP:
+            self.stats.rtcp_received += 1
+        else:
+            self.stats.other_datagrams += 1
+        if self.counts is not None:
+            self.counts[f"not_rtp_{kind.value}"] += 1
 
     def push(self, frame: AudioFrame, now: float) -> Received:
         """Take an already decrypted frame into its SSRC's jitter buffer (step 5 only).
@@ -476,7 +536,8 @@ class VoiceReceiver:
         user = frame.user_id
         if user is not None and self._user_of(frame.ssrc) != user:
             self.ssrcs.map(frame.ssrc, user)
-        self._accept(frame, now, raw=False)
+        if self.reorder:
+            self._reorder(frame, now)
         return out
 
     def map(self, ssrc: int, user_id: str, now: float) -> Received:
@@ -618,17 +679,15 @@ class VoiceReceiver:
             self.stats.unmapped_expired += 1
             self._deliver(None, packet, arrived, now)  # opens only if no key is needed
 
-    def _deliver(self, user: str | None, packet: RtpPacket, arrived: float, now: float) -> None:
+    def _deliver(self, user: str | None, packet: _Packet, arrived: float, now: float) -> None:
         """Remove the DAVE layer (step 4) and pass the frame on."""
-        payload = packet.payload
+        payload = packet[4]
         dave = self.dave
         if dave is not None:
             if user is None:
                 opus = dave.open_unattributed(payload)
                 if opus is None:
-                    self._problem(
-                        DiagnosticKind.DAVE_DECRYPT_FAILED, _NO_SENDER, packet.header.ssrc
-                    )
+                    self._problem(DiagnosticKind.DAVE_DECRYPT_FAILED, _NO_SENDER, packet[0])
                     return
             else:
                 # Held: a failure counts towards DAVE's tolerance only once it
@@ -652,26 +711,28 @@ class VoiceReceiver:
         self._opened(user, packet, payload, arrived, now)
 
     def _opened(
-        self, user: str | None, packet: RtpPacket, opus: bytes, arrived: float, now: float
+        self, user: str | None, packet: _Packet, opus: bytes, arrived: float, now: float
     ) -> None:
-        h = packet.header
-        self._accept(
-            AudioFrame(user, h.ssrc, h.sequence, h.timestamp, opus, arrived, h.marker), now
-        )
-
-    def _accept(self, frame: AudioFrame, now: float, *, raw: bool = True) -> None:
         """Pass a decrypted frame on as it arrived, and into its jitter buffer (step 5)."""
-        if raw:
+        ssrc, sequence, timestamp, marker, _ = packet
+        frame = _audio_frame(user, ssrc, sequence, timestamp, opus, arrived, marker)
+        if self.keep_raw:
             self._out.raw.append(frame)
-        if not self.reorder:
-            return
-        ssrc = frame.ssrc
+        if self.reorder:
+            self._reorder(frame, now)
+
+    def _reorder(self, frame: AudioFrame, now: float) -> None:
+        """Step 5: ``frame`` into its SSRC's jitter buffer."""
+        ssrc, sequence, timestamp = frame.ssrc, frame.sequence, frame.timestamp
         if self._idle.touch(ssrc, now):
             self._forget_ssrc(ssrc)  # back after a quiet spell: start afresh
         jitter = self.jitters.get(ssrc)
         if jitter is None:
             jitter = self.jitters[ssrc] = self._new_jitter()
-        released = jitter.push(frame.sequence, frame.timestamp, frame, now)
+        elif jitter.push_next(sequence, timestamp, now):  # in order: the common case
+            self._out.ordered.append(frame)
+            return
+        released = jitter.push(sequence, timestamp, frame, now)
         if released:
             self._release(ssrc, released)
         if jitter.held:
@@ -699,17 +760,17 @@ class VoiceReceiver:
                     )
                 )
 
-    def _mark_dave_lost(self, packet: RtpPacket) -> None:
+    def _mark_dave_lost(self, packet: _Packet) -> None:
         """Remember that this frame failed DAVE, so the gap that covers it says so."""
         if not self.reorder:
             return
-        h = packet.header
-        marks = self._dave_lost.get(h.ssrc)
+        ssrc, sequence = packet[0], packet[1]
+        marks = self._dave_lost.get(ssrc)
         if marks is None:
-            marks = self._dave_lost[h.ssrc] = {}
+            marks = self._dave_lost[ssrc] = {}
         elif len(marks) >= _DAVE_LOST_MARKS:
             del marks[next(iter(marks))]
-        marks[h.sequence] = None
+        marks[sequence] = None
 
     def _dave_lost_in(self, ssrc: int, first: int, count: int) -> int:
         """How many of the ``count`` sequences from ``first`` failed DAVE (and forget them)."""
@@ -747,14 +808,14 @@ class VoiceReceiver:
         for arrived, user, packet, cause in waiting:
             opus = None
             if now - arrived <= self.retry_window:
-                opus = dave.decrypt(user, packet.payload, now, held=True)
+                opus = dave.decrypt(user, packet[4], now, held=True)
             if opus is None:
                 self._dave_failed(user, packet, cause)
                 continue
             self.stats.dave_retried += 1
-            marks = self._dave_lost.get(packet.header.ssrc)
+            marks = self._dave_lost.get(packet[0])
             if marks:
-                marks.pop(packet.header.sequence, None)
+                marks.pop(packet[1], None)
             self._opened(user, packet, opus, arrived, now)
 
     def _expire_retries(self, now: float) -> None:
@@ -764,7 +825,7 @@ class VoiceReceiver:
             _, user, packet, cause = retry.popleft()
             self._dave_failed(user, packet, cause)
 
-    def _dave_failed(self, user: str, packet: RtpPacket, cause: DaveFailure) -> None:
+    def _dave_failed(self, user: str, packet: _Packet, cause: DaveFailure) -> None:
         """A frame is lost to DAVE for good: count it by the cause it failed with."""
         stats = self.stats
         if self.dave is not None:
@@ -775,9 +836,7 @@ class VoiceReceiver:
             stats.dave_failures_before_join += 1
         else:
             stats.dave_failures_in_transition += 1
-        self._problem(
-            DiagnosticKind.DAVE_DECRYPT_FAILED, _DAVE_DETAIL[cause], packet.header.ssrc, user
-        )
+        self._problem(DiagnosticKind.DAVE_DECRYPT_FAILED, _DAVE_DETAIL[cause], packet[0], user)
 
     def _problem(
         self, kind: DiagnosticKind, detail: str, ssrc: int | None = None, user: str | None = None

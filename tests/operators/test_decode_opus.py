@@ -33,6 +33,24 @@ def test_frames_decode_to_the_speakers_tone():
     assert [c.timestamp for c in chunks[:5]] == [0, 960, 1920, 2880, 3840]
 
 
+def test_chunks_have_every_field_of_a_pcm_chunk():
+    # decode_opus fills the chunk's slots directly: a field it missed would be unset.
+    with voice_marbles() as m:
+        (chunk,) = values(m.start(m.hot("-0-|").pipe(vops.decode_opus()), describe=False))
+    fields = {f.name: getattr(chunk, f.name) for f in dataclasses.fields(PcmChunk)}
+    assert fields == {
+        "user_id": "1001",
+        "ssrc": chunk.ssrc,
+        "timestamp": 0,
+        "pcm": chunk.pcm,
+        "sample_rate": 48_000,
+        "concealed": False,
+        "recovered": False,
+        "time": chunk.time,
+    }
+    assert chunk.ssrc is not None and chunk.time > 0.0
+
+
 def test_a_single_loss_is_recovered_from_fec():
     assert packet_has_fec(opus_tone(440, 3))
     with voice_marbles() as m:

@@ -388,3 +388,44 @@ def test_rtp_crypto_properties_are_read_only():
     with pytest.raises(AttributeError):
         rtp.nonce = 5  # type: ignore[misc]
     assert rtp.cipher.mode is AES
+
+
+# -- open_payload: try_open without the objects -----------------------------------------
+
+
+def _seal_random(bits: int, fixed: bytes, plaintext: bytes, nonce: int) -> bytes:
+    """An authentic packet with P/X/CC from ``bits`` (CSRCs and preamble zeroed)."""
+    header = bytes((0x80 | bits,)) + fixed + bytes(4 * (bits & 0x0F) + (4 if bits & 0x10 else 0))
+    return TransportCipher(AES, KEY).seal(header, plaintext, nonce)
+
+
+_sealed = st.builds(
+    _seal_random,
+    st.integers(0, 0x3F),
+    st.binary(min_size=11, max_size=11),
+    st.binary(max_size=60),
+    st.integers(0, 0xFFFFFFFF),
+)
+
+
+@given(data=_sealed | st.binary(max_size=120), flip=st.integers(0, 200))
+def test_open_payload_agrees_with_try_open(data, flip):
+    cipher = TransportCipher(AES, KEY)
+    tampered = bytearray(data)
+    if flip < len(data):
+        tampered[flip] ^= 1
+    for datagram in (data, bytes(tampered)):
+        packet = cipher.try_open(datagram)
+        payload = cipher.open_payload(datagram)
+        if isinstance(packet, RtpPacket):
+            assert payload == packet.payload
+        else:
+            assert payload is packet
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_open_payload_strips_padding_and_extension(mode):
+    cipher = TransportCipher(mode, KEY)
+    header = RtpHeader(1, 2, 3, padding=True, extension_profile=0xBEDE, extension_length=1)
+    wire = cipher.seal(header.serialize(), add_padding(b"\x10\xff\x00\x00opus!", 3), 9)
+    assert cipher.open_payload(bytearray(wire)) == b"opus!"

@@ -500,3 +500,33 @@ def test_property_arbitrary_sequences_never_break_invariants(
     assert jb.held == 0
     assert 0.06 <= jb.latency <= 0.3
     check_invariant(jb)  # type: ignore[arg-type]
+
+
+@given(network(), latencies, st.sampled_from([2, 64]), st.booleans())
+def test_property_push_next_is_push_without_the_release_objects(
+    arrivals: Arrivals, latency: float, capacity: int, adaptive: bool
+) -> None:
+    """Trying push_next first (as the receiver does) releases and counts exactly as push."""
+    max_latency = 0.3 if adaptive else None
+    plain: JitterBuffer[int] = JitterBuffer(
+        capacity=capacity, latency=latency, max_latency=max_latency
+    )
+    fast: JitterBuffer[int] = JitterBuffer(
+        capacity=capacity, latency=latency, max_latency=max_latency
+    )
+    for arrival, seq, ts, item in arrivals:
+        for jb, out in ((plain, expected := []), (fast, got := [])):
+            while (deadline := jb.next_deadline()) is not None and deadline <= arrival:
+                out += jb.poll(deadline)
+            if jb is fast and jb.push_next(seq, ts, arrival):
+                out.append(JitterPacket(seq, ts, item))
+            else:
+                out += jb.push(seq, ts, item, arrival)
+        assert got == expected
+        assert fast.stats == plain.stats
+        assert (fast.latency, fast.held, fast.next_deadline()) == (
+            plain.latency,
+            plain.held,
+            plain.next_deadline(),
+        )
+    assert fast.flush() == plain.flush()

@@ -72,6 +72,16 @@ def test_frames_carry_the_parsed_header_and_the_opus_once():
     assert first.frame == build_header(7, 7 * 960, 1, marker=True) + b"\xfc\x01"
     assert out.ordered == out.raw  # in order: released at once, the same objects
     assert (rx.stats.packets_received, rx.stats.packets_decrypted) == (2, 2)
+    assert first == AudioFrame("1001", 1, 7, 7 * 960, b"\xfc\x01", T0, marker=True)
+    assert not first.resynced
+
+
+def test_raw_frames_are_kept_only_when_asked():
+    rx = VoiceReceiver(CIPHER)
+    rx.map(1, "1001", T0)
+    rx.keep_raw = False  # nobody listens to on_raw_audio_frame
+    out = rx.receive([packet(7), packet(9), packet(8)], T0)
+    assert out.raw == [] and seqs(out.ordered) == [7, 8, 9]
 
 
 def test_datagrams_that_are_not_rtp_or_not_opus_are_counted_only():

@@ -117,3 +117,50 @@ async def test_a_raising_callback_is_counted_and_reading_goes_on(
         assert "UDP receive callback failed" in caplog.text
     finally:
         udp.close()
+
+
+async def test_a_busy_socket_is_drained_on_a_tick_and_a_quiet_one_on_readiness(
+    server: socket.socket,
+) -> None:
+    arrived: list[tuple[float, list[bytes]]] = []
+    changed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def received(batch: list[bytes]) -> None:
+        arrived.append((loop.time(), batch))
+        changed.set()
+
+    async def until(count: int) -> None:
+        while sum(len(batch) for _, batch in arrived) < count:
+            changed.clear()
+            await asyncio.wait_for(changed.wait(), 10)
+
+    quiet = asyncio.Event()  # a tick found nothing: waiting for readiness again
+
+    class Watched(UdpTransport):
+        def _on_tick(self) -> None:
+            super()._on_tick()
+            if self._tick is None:
+                quiet.set()
+
+    udp = Watched(received, drain_interval=0.2)
+    await udp.open(*server.getsockname())
+    try:
+        local = udp.local_address
+        assert local is not None
+        server.sendto(b"1", local)
+        await until(1)
+        server.sendto(b"2", local)  # a second wake-up within the interval: ticks from now
+        await until(2)
+        server.sendto(b"3", local)
+        server.sendto(b"4", local)
+        await until(4)
+        assert [batch for _, batch in arrived] == [[b"1"], [b"2"], [b"3", b"4"]]
+        assert arrived[2][0] - arrived[1][0] > 0.15  # read by the tick, not on readiness
+        # The next tick finds nothing: back to waking on readiness, nothing is missed.
+        await asyncio.wait_for(quiet.wait(), 10)
+        server.sendto(b"5", local)
+        await until(5)
+        assert arrived[-1][1] == [b"5"]
+    finally:
+        udp.close()
