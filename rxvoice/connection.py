@@ -59,7 +59,7 @@ from rxvoice.events import (
 )
 from rxvoice.protocol.crypto import RtpCrypto
 from rxvoice.protocol.dave import DAVE_PROTOCOL_VERSION, DaveManager
-from rxvoice.protocol.gateway import GatewayMessage, serialize
+from rxvoice.protocol.gateway import GatewayMessage, serialize, snowflake_argument
 from rxvoice.protocol.jitter import JitterBuffer
 from rxvoice.protocol.receiver import ReceiverStats
 from rxvoice.protocol.session import VoiceServerInfo
@@ -171,9 +171,10 @@ class Connection:
         endpoint_timeout: float = 60.0,
         logger: logging.Logger | None = None,
     ) -> None:
-        self.guild_id = str(guild_id)
-        self.channel_id = str(channel_id)
-        self._user_id = str(user_id) if user_id is not None else None
+        # Checked here: a bad id would otherwise fail deep in the handshake.
+        self.guild_id = snowflake_argument(guild_id, "guild_id")
+        self.channel_id = snowflake_argument(channel_id, "channel_id")
+        self._user_id = snowflake_argument(user_id, "user_id") if user_id is not None else None
         self.shard = shard
         self.session_id = session_id
         self.token: Secret[str] | None = (

@@ -27,9 +27,9 @@ from types import TracebackType
 from typing import Any
 
 from rxvoice.connection import Connection
-from rxvoice.errors import MalformedMessage, UsageError
+from rxvoice.errors import UsageError
 from rxvoice.events import ConnectionState
-from rxvoice.protocol.gateway import check_snowflake
+from rxvoice.protocol.gateway import snowflake_argument
 from rxvoice.secret import Secret
 from rxvoice.shard.gateway import (
     DISCORD_GATEWAY_URL,
@@ -159,7 +159,10 @@ def connect(
     secret = token if isinstance(token, Secret) else Secret(token)
     if not isinstance(secret.reveal(), str) or not secret.reveal():
         raise UsageError("connect() needs the bot token")
-    guild, channel = _snowflake(guild_id, "guild_id"), _snowflake(channel_id, "channel_id")
+    guild, channel = (
+        snowflake_argument(guild_id, "guild_id"),
+        snowflake_argument(channel_id, "channel_id"),
+    )
     if "shard" in connection_options:
         raise UsageError("connect() starts its own shard; give yours to Connection(shard=...)")
     try:  # a misspelt option: now, not once the shard is up
@@ -198,11 +201,3 @@ async def _leave(conn: StandaloneConnection) -> None:
         await conn.close()
     else:
         await conn.disconnect()
-
-
-def _snowflake(value: str | int, name: str) -> str:
-    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    try:
-        return check_snowflake(text, name)
-    except MalformedMessage:
-        raise UsageError(f"{name} must be a Discord id (a snowflake)") from None

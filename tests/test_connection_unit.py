@@ -73,6 +73,17 @@ async def test_sending_before_ready_is_a_usage_error() -> None:
         await conn.request_voice()
 
 
+@pytest.mark.parametrize(
+    ("name", "value"), [("guild_id", "my-guild"), ("channel_id", -2), ("user_id", "007")]
+)
+def test_ids_that_are_not_snowflakes_are_refused_at_once(name: str, value: object) -> None:
+    # Not at connect(), where a channel id DAVE cannot use ended in a bare time-out.
+    ids: dict[str, object] = {"guild_id": 1, "channel_id": 2, "user_id": 3, name: value}
+    with pytest.raises(UsageError, match=f"{name} must be a Discord id"):
+        Connection(**ids)  # type: ignore[arg-type]
+    assert make().channel_id == "2"  # ints are fine: ids as strings from here on
+
+
 def test_the_token_is_a_secret() -> None:
     conn = make()
     assert isinstance(conn.token, Secret)

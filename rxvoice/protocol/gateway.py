@@ -82,6 +82,7 @@ __all__ = [
     "parse_binary",
     "serialize",
     "check_snowflake",
+    "snowflake_argument",
 ]
 
 #: Frames longer than this (bytes, or characters for ``str``) are refused. Real
@@ -197,6 +198,23 @@ def check_snowflake(value: object, what: str) -> str:
     ):
         _fail(f"{what} must be a snowflake (a decimal u64 string)")
     return value
+
+
+def snowflake_argument(value: str | int, name: str) -> str:
+    """An id the caller gave (a ``str`` or an ``int``), as a snowflake string.
+
+    Args:
+        value: The id.
+        name: The argument's name, for the error.
+
+    Raises:
+        UsageError: If it is not a Discord id.
+    """
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        return check_snowflake(text, name)
+    except MalformedMessage:
+        raise UsageError(f"{name} must be a Discord id (a snowflake)") from None
 
 
 def _check_number(value: object, what: str, *, positive: bool) -> float:
